@@ -1,0 +1,182 @@
+package thinpool
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dmthin/dmthin/devmapper"
+	"github.com/dmthin/dmthin/internal/testenv"
+)
+
+// The crash test runs one operation in a child process (this test binary,
+// re-executed) that SIGKILLs itself at a chosen step, then reopens the pool
+// in the parent and checks that recovery left it consistent.
+
+const (
+	envCrashOpts = "DMTHIN_CRASH_OPTS"
+	envCrashOp   = "DMTHIN_CRASH_OP"
+	envCrashStep = "DMTHIN_CRASH_STEP"
+)
+
+type crashCase struct {
+	op    string   // create, snapshot, delete, activate
+	steps []string // steps the op passes, in order
+	// present: whether the op's target device must exist after recovery,
+	// by the step the crash happened at.
+	present map[string]bool
+}
+
+var crashCases = []crashCase{
+	{"create", []string{"create:intent", "create:message", "create:txid", "create:done"},
+		map[string]bool{"create:intent": false, "create:message": false, "create:txid": true, "create:done": true}},
+	{"snapshot", []string{"snapshot:suspended", "create:intent", "create:message", "create:txid", "create:done"},
+		map[string]bool{"snapshot:suspended": false, "create:intent": false, "create:message": false, "create:txid": true, "create:done": true}},
+	{"delete", []string{"delete:intent", "delete:message", "delete:txid", "delete:done"},
+		map[string]bool{"delete:intent": false, "delete:message": false, "delete:txid": false, "delete:done": false}},
+	{"activate", []string{"activate:created", "activate:loaded", "activate:resumed"},
+		map[string]bool{"activate:created": true, "activate:loaded": true, "activate:resumed": true}},
+}
+
+// TestCrashChild is the child side; it does nothing unless the parent set
+// the environment.
+func TestCrashChild(t *testing.T) {
+	raw := os.Getenv(envCrashOpts)
+	if raw == "" {
+		t.Skip("child of TestCrashRecovery only")
+	}
+	var o Options
+	require.NoError(t, json.Unmarshal([]byte(raw), &o))
+	ctx := context.Background()
+	p, err := Open(ctx, o)
+	require.NoError(t, err)
+	step := os.Getenv(envCrashStep)
+	p.hook = func(s string) {
+		if s == step {
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {}
+		}
+	}
+	switch os.Getenv(envCrashOp) {
+	case "create":
+		_, err = p.Create(ctx, "target", 16*MiB)
+	case "snapshot":
+		_, err = p.Snapshot(ctx, "target", "origin", 0)
+	case "delete":
+		err = p.Delete(ctx, "target", DeleteOptions{})
+	case "activate":
+		_, err = p.Activate(ctx, "target")
+	}
+	require.NoError(t, err)
+	t.Fatalf("step %q was never reached", step)
+}
+
+func TestCrashRecovery(t *testing.T) {
+	testenv.RequireDM(t)
+	for _, cc := range crashCases {
+		for _, step := range cc.steps {
+			t.Run(cc.op+"/"+step, func(t *testing.T) { runCrash(t, cc, step) })
+		}
+	}
+}
+
+func runCrash(t *testing.T, cc crashCase, step string) {
+	tp := openPool(t, nil)
+	ctx := context.Background()
+	// The world before the operation: an active origin with data, and the
+	// target where delete and activate need it.
+	_, err := tp.Create(ctx, "origin", 32*MiB)
+	require.NoError(t, err)
+	opath, err := tp.Activate(ctx, "origin")
+	require.NoError(t, err)
+	data := pattern(11, MiB)
+	writeFile(t, opath, 0, data)
+	if cc.op == "delete" || cc.op == "activate" {
+		_, err = tp.Snapshot(ctx, "target", "origin", 0)
+		require.NoError(t, err)
+	}
+	if cc.op == "delete" {
+		_, err = tp.Activate(ctx, "target")
+		require.NoError(t, err)
+	}
+	opts := tp.opts
+	opts.Logger = nil
+	require.NoError(t, tp.Close())
+
+	raw, err := json.Marshal(opts)
+	require.NoError(t, err)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
+	cmd.Env = append(os.Environ(), envCrashOpts+"="+string(raw), envCrashOp+"="+cc.op, envCrashStep+"="+step)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, "child must be killed, output:\n%s", out)
+	ws := ee.Sys().(syscall.WaitStatus)
+	require.True(t, ws.Signaled() && ws.Signal() == syscall.SIGKILL, "child should die of SIGKILL at %s, got %v:\n%s", step, err, out)
+
+	// Recovery.
+	p, err := Open(ctx, tp.opts)
+	require.NoError(t, err, "reopen after crash at %s", step)
+	tp.Pool = p
+	recs, err := p.st.all()
+	require.NoError(t, err)
+	names := map[string]*record{}
+	for _, r := range recs {
+		assert.Contains(t, []State{StateReady}, r.State, "record %q settled", r.Name)
+		names[r.Name] = r
+	}
+	_, has := names["target"]
+	assert.Equal(t, cc.present[step], has, "target after crash at %s", step)
+
+	// No stray or suspended dm devices of this pool.
+	live, err := p.dm.List()
+	require.NoError(t, err)
+	for _, l := range live {
+		if l.Name == p.name || !strings.HasPrefix(l.Name, p.prefix+"-") {
+			continue
+		}
+		name := strings.TrimPrefix(l.Name, p.prefix+"-")
+		assert.Contains(t, names, name, "dm device %s has a record", l.Name)
+		info, err := p.dm.Info(l.Name)
+		require.NoError(t, err)
+		assert.True(t, info.LiveTable && !info.Suspended, "dm device %s usable", l.Name)
+	}
+	// The origin kept its data and works.
+	d, err := p.Get("origin")
+	require.NoError(t, err)
+	path, err := p.Activate(ctx, "origin")
+	require.NoError(t, err)
+	assert.Equal(t, data, readFile(t, path, 0, MiB))
+	if has {
+		tpath, err := p.Activate(ctx, "target")
+		require.NoError(t, err)
+		if cc.op != "create" {
+			assert.Equal(t, data, readFile(t, tpath, 0, MiB), "snapshot content")
+		}
+	}
+	// No id handed out twice: a new device gets an id no record has.
+	nd, err := p.Create(ctx, "after", MiB)
+	require.NoError(t, err)
+	for _, r := range recs {
+		assert.NotEqual(t, r.ID, nd.ID)
+	}
+	_ = d
+
+	// Records and the pool's own metadata agree (thin_dump offline).
+	want := recordIDs(t, p)
+	require.NoError(t, p.Shutdown(ctx))
+	got := thinIDs(t, tp.metaPath)
+	assert.Equal(t, want, got, "thin ids in pool metadata vs records after crash at %s", step)
+	p, err = Open(ctx, tp.opts)
+	require.NoError(t, err)
+	tp.Pool = p
+	_ = fmt.Sprint()
+	_ = devmapper.Dev{}
+}

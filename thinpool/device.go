@@ -1,0 +1,518 @@
+package thinpool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dmthin/dmthin/devmapper"
+)
+
+// Device describes one thin device.
+type Device struct {
+	Name   string
+	ID     uint32 // thin id in the pool
+	Size   int64  // bytes
+	Parent string // origin of a snapshot, "" for a device made empty
+	State  State
+	// Live state, from the kernel:
+	Active      bool
+	Path        string // block node when active
+	OpenCount   int
+	MappedBytes int64 // bytes provisioned for this device (active only)
+	// DeferredDelete: deletion waits for the device to be closed.
+	DeferredDelete bool
+	Created        time.Time
+}
+
+// maxNameLen leaves room in the kernel's 127-byte name for the prefix.
+func (p *Pool) checkName(name string) error {
+	switch {
+	case name == "", name == ".", name == "..":
+		return fmt.Errorf("%w: %q", ErrInvalidName, name)
+	case strings.ContainsAny(name, "/\x00") || strings.Contains(name, ".."):
+		return fmt.Errorf("%w: %q contains \"/\", \"..\" or NUL", ErrInvalidName, name)
+	case name == "pool" || strings.HasPrefix(name, "probe-"):
+		return fmt.Errorf("%w: %q is reserved", ErrInvalidName, name)
+	case len(p.dmName(name)) > unix.DM_NAME_LEN-1:
+		return fmt.Errorf("%w: %q is longer than %d bytes", ErrInvalidName, name, unix.DM_NAME_LEN-1-len(p.prefix)-1)
+	}
+	return nil
+}
+
+func checkSize(size int64) (devmapper.Sectors, error) {
+	if size <= 0 {
+		return 0, fmt.Errorf("thinpool: size %d must be positive", size)
+	}
+	if size%devmapper.SectorSize != 0 {
+		return 0, fmt.Errorf("thinpool: size %d is not a multiple of %d", size, devmapper.SectorSize)
+	}
+	return devmapper.Sectors(size / devmapper.SectorSize), nil
+}
+
+// Create makes an empty thin device of size bytes (a multiple of 512).
+func (p *Pool) Create(ctx context.Context, name string, size int64) (Device, error) {
+	return p.create(ctx, name, "", size)
+}
+
+// Snapshot makes name a copy-on-write snapshot of parent. size 0 keeps the
+// parent's size; a bigger size is allowed, a smaller one is not. An active
+// parent is suspended for the instant of the snapshot and resumed on every
+// path.
+func (p *Pool) Snapshot(ctx context.Context, name, parent string, size int64) (Device, error) {
+	if parent == "" {
+		return Device{}, fmt.Errorf("thinpool: snapshot %q: %w: empty parent name", name, ErrInvalidName)
+	}
+	return p.create(ctx, name, parent, size)
+}
+
+func (p *Pool) create(ctx context.Context, name, parent string, size int64) (Device, error) {
+	done, err := p.enter()
+	if err != nil {
+		return Device{}, err
+	}
+	defer done()
+	if err := p.checkName(name); err != nil {
+		return Device{}, err
+	}
+	unlock := p.locks.lock(name, parent)
+	defer unlock()
+	if err := ctx.Err(); err != nil {
+		return Device{}, err
+	}
+	if _, err := p.st.get(name); err == nil {
+		return Device{}, fmt.Errorf("%w: %q", ErrExists, name)
+	} else if !errors.Is(err, ErrNotFound) {
+		return Device{}, err
+	}
+	var origin *record
+	if parent != "" {
+		if origin, err = p.st.get(parent); err != nil {
+			return Device{}, fmt.Errorf("thinpool: snapshot %q: parent: %w", name, err)
+		}
+		if origin.State != StateReady {
+			return Device{}, fmt.Errorf("thinpool: snapshot %q: parent %q is %s", name, parent, origin.State)
+		}
+		if size == 0 {
+			size = origin.Size
+		}
+		if size < origin.Size {
+			return Device{}, fmt.Errorf("thinpool: snapshot %q of %d bytes is smaller than its parent %q (%d bytes)", name, size, parent, origin.Size)
+		}
+	}
+	if _, err := checkSize(size); err != nil {
+		return Device{}, err
+	}
+	if err := p.checkSpace(); err != nil {
+		return Device{}, err
+	}
+
+	// An active origin must not change while the pool copies its mapping.
+	if origin != nil {
+		resume, err := p.suspendIfActive(parent)
+		if err != nil {
+			return Device{}, err
+		}
+		defer func() {
+			if rerr := resume(); rerr != nil {
+				p.log.WithError(rerr).WithField("device", parent).Error("resume origin after snapshot")
+			}
+		}()
+	}
+
+	p.msgMu.Lock()
+	defer p.msgMu.Unlock()
+	rec := &record{Name: name, Size: size, Parent: parent, State: StateCreating, TxID: p.txid + 1, Created: time.Now().UTC()}
+	err = p.st.update(func(tx txn) error {
+		if _, err := getRecord(tx, name); err == nil {
+			return fmt.Errorf("%w: %q", ErrExists, name)
+		}
+		id, err := allocID(tx)
+		if err != nil {
+			return err
+		}
+		rec.ID = id
+		return putRecord(tx, rec)
+	})
+	if err != nil {
+		return Device{}, err
+	}
+	p.step("create:intent")
+
+	msg := fmt.Sprintf("create_thin %d", rec.ID)
+	if origin != nil {
+		msg = fmt.Sprintf("create_snap %d %d", rec.ID, origin.ID)
+	}
+	if err := p.message(msg); err != nil {
+		// The pool refused: nothing was made. Forget the intent.
+		return Device{}, errors.Join(p.mapPoolErr(err), p.st.update(func(tx txn) error { return deleteRecord(tx, rec) }))
+	}
+	p.step("create:message")
+	if err := p.setTxIDLocked(rec.TxID); err != nil {
+		// Made but not acknowledged: undo, or leave it for recovery.
+		if derr := p.deleteThinLocked(rec.ID); derr != nil {
+			return Device{}, fmt.Errorf("thinpool: create %q: %w (undo failed, recovery settles it at next open: %v)", name, err, derr)
+		}
+		return Device{}, errors.Join(err, p.st.update(func(tx txn) error { return deleteRecord(tx, rec) }))
+	}
+	p.step("create:txid")
+	rec.State = StateReady
+	if err := p.st.update(func(tx txn) error {
+		if err := putRecord(tx, rec); err != nil {
+			return err
+		}
+		return putU64(tx.Bucket(bucketMeta), keyTxID, rec.TxID)
+	}); err != nil {
+		return Device{}, fmt.Errorf("thinpool: create %q: record outcome (recovery settles it at next open): %w", name, err)
+	}
+	p.step("create:done")
+	p.log.WithFields(map[string]any{"device": name, "id": rec.ID, "parent": parent}).Debug("thin device created")
+	return p.describe(rec, nil), nil
+}
+
+// mapPoolErr turns what a full pool answers into ErrPoolFull.
+func (p *Pool) mapPoolErr(err error) error {
+	if errors.Is(err, unix.ENOSPC) {
+		return errors.Join(err, &SpaceError{What: "metadata", OutOfData: false})
+	}
+	st, serr := p.poolStatus()
+	if serr == nil && st.Mode != devmapper.PoolReadWrite {
+		return fmt.Errorf("%w (pool mode %s)", err, st.Mode)
+	}
+	return err
+}
+
+// suspendIfActive suspends the device's dm device if it is active and
+// returns how to resume it.
+func (p *Pool) suspendIfActive(name string) (func() error, error) {
+	dm := p.dmName(name)
+	info, err := p.dm.Info(dm)
+	if devmapper.IsNotFound(err) || (err == nil && !info.LiveTable) {
+		return func() error { return nil }, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := p.dm.Suspend(dm, devmapper.SuspendOptions{}); err != nil {
+		return nil, fmt.Errorf("thinpool: suspend %q: %w", name, err)
+	}
+	p.step("snapshot:suspended")
+	return func() error {
+		_, err := p.dm.Resume(dm)
+		return err
+	}, nil
+}
+
+func (p *Pool) thinTable(r *record) devmapper.Table {
+	return devmapper.Table{{
+		Start:  0,
+		Length: devmapper.Sectors(r.Size / devmapper.SectorSize),
+		Params: devmapper.ThinParams{Pool: p.dev, ID: devmapper.ThinID(r.ID)},
+	}}
+}
+
+// Activate makes the device's block node and returns its path. Activating
+// an active device returns its path.
+func (p *Pool) Activate(ctx context.Context, name string) (string, error) {
+	done, err := p.enter()
+	if err != nil {
+		return "", err
+	}
+	defer done()
+	unlock := p.locks.lock(name)
+	defer unlock()
+	rec, err := p.st.get(name)
+	if err != nil {
+		return "", err
+	}
+	switch rec.State {
+	case StateReady:
+	case StateFaulty:
+		return "", fmt.Errorf("%w: %q", ErrFaulty, name)
+	default:
+		return "", fmt.Errorf("thinpool: activate %q: device is %s", name, rec.State)
+	}
+	return p.activateLocked(ctx, rec)
+}
+
+func (p *Pool) activateLocked(ctx context.Context, rec *record) (string, error) {
+	dm := p.dmName(rec.Name)
+	info, err := p.dm.Info(dm)
+	if err == nil && info.LiveTable && !info.Suspended {
+		return p.dm.EnsureNode(dm)
+	}
+	if err == nil {
+		// Left half-made by a crash: start over.
+		if err := p.dm.Remove(dm, devmapper.RemoveOptions{}); err != nil {
+			return "", fmt.Errorf("thinpool: activate %q: remove stale device: %w", rec.Name, err)
+		}
+	} else if !devmapper.IsNotFound(err) {
+		return "", err
+	}
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	uuid := fmt.Sprintf("%s-%d", p.prefix, rec.ID)
+	if _, err := p.dm.Create(dm, uuid); err != nil {
+		return "", fmt.Errorf("thinpool: activate %q: %w", rec.Name, err)
+	}
+	p.step("activate:created")
+	if err := p.dm.Load(dm, p.thinTable(rec), false); err != nil {
+		return "", errors.Join(fmt.Errorf("thinpool: activate %q: %w", rec.Name, err), p.dm.Remove(dm, devmapper.RemoveOptions{}))
+	}
+	p.step("activate:loaded")
+	if _, err := p.dm.Resume(dm); err != nil {
+		return "", errors.Join(fmt.Errorf("thinpool: activate %q: %w", rec.Name, err), p.dm.Remove(dm, devmapper.RemoveOptions{}))
+	}
+	p.step("activate:resumed")
+	return p.dm.NodePath(dm), nil
+}
+
+// Deactivate removes the device's dm device (the thin device and its data
+// stay). An open device fails with ErrBusy unless deferred is set, in which
+// case the kernel removes it at last close. Deactivating an inactive device
+// does nothing.
+func (p *Pool) Deactivate(ctx context.Context, name string, deferred bool) error {
+	done, err := p.enter()
+	if err != nil {
+		return err
+	}
+	defer done()
+	unlock := p.locks.lock(name)
+	defer unlock()
+	if _, err := p.st.get(name); err != nil {
+		return err
+	}
+	return p.removeDM(ctx, p.dmName(name), deferred)
+}
+
+// removeDM removes a dm device, retrying briefly while it is busy (a
+// closing opener), and maps EBUSY to ErrBusy.
+func (p *Pool) removeDM(ctx context.Context, dm string, deferred bool) error {
+	const tries = 5
+	var err error
+	for i := 0; i < tries; i++ {
+		err = p.dm.Remove(dm, devmapper.RemoveOptions{Deferred: deferred})
+		if err == nil || devmapper.IsNotFound(err) {
+			return nil
+		}
+		if !devmapper.IsBusy(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(fmt.Errorf("%w: %s", ErrBusy, dm), err, ctx.Err())
+		case <-time.After(time.Duration(10<<i) * time.Millisecond):
+		}
+	}
+	return errors.Join(fmt.Errorf("%w: %s", ErrBusy, dm), err)
+}
+
+// DeleteOptions modify Delete.
+type DeleteOptions struct {
+	// Discard the device's blocks first, so a loopback file gives the
+	// space back to its filesystem.
+	Discard bool
+	// Deferred: when the device is open, mark it and delete it once
+	// closed (see ProcessDeferred) instead of failing with ErrBusy.
+	Deferred bool
+}
+
+// Delete deactivates the device and deletes it from the pool. Snapshots of
+// it are independent thin devices and stay.
+func (p *Pool) Delete(ctx context.Context, name string, opts DeleteOptions) error {
+	done, err := p.enter()
+	if err != nil {
+		return err
+	}
+	defer done()
+	unlock := p.locks.lock(name)
+	defer unlock()
+	rec, err := p.st.get(name)
+	if err != nil {
+		return err
+	}
+	return p.deleteLocked(ctx, rec, opts)
+}
+
+func (p *Pool) deleteLocked(ctx context.Context, rec *record, opts DeleteOptions) error {
+	dm := p.dmName(rec.Name)
+	if opts.Discard && rec.State == StateReady {
+		if err := p.discard(ctx, rec); err != nil {
+			if errors.Is(err, ErrBusy) && opts.Deferred {
+				return p.deferDelete(ctx, rec)
+			}
+			return err
+		}
+	}
+	if err := p.removeDM(ctx, dm, false); err != nil {
+		if errors.Is(err, ErrBusy) && opts.Deferred {
+			return p.deferDelete(ctx, rec)
+		}
+		return fmt.Errorf("thinpool: delete %q: %w", rec.Name, err)
+	}
+	p.msgMu.Lock()
+	defer p.msgMu.Unlock()
+	rec.State = StateDeleting
+	rec.TxID = p.txid + 1
+	if err := p.st.update(func(tx txn) error { return putRecord(tx, rec) }); err != nil {
+		return err
+	}
+	p.step("delete:intent")
+	if err := p.deleteThinLocked(rec.ID); err != nil {
+		return fmt.Errorf("thinpool: delete %q (recovery retries it at next open): %w", rec.Name, p.mapPoolErr(err))
+	}
+	p.step("delete:message")
+	if err := p.setTxIDLocked(rec.TxID); err != nil {
+		return fmt.Errorf("thinpool: delete %q (recovery settles it at next open): %w", rec.Name, err)
+	}
+	p.step("delete:txid")
+	err := p.st.update(func(tx txn) error {
+		if err := deleteRecord(tx, rec); err != nil {
+			return err
+		}
+		return putU64(tx.Bucket(bucketMeta), keyTxID, rec.TxID)
+	})
+	p.step("delete:done")
+	return err
+}
+
+func (p *Pool) deferDelete(ctx context.Context, rec *record) error {
+	rec.State = StateDeferredDelete
+	if err := p.st.update(func(tx txn) error { return putRecord(tx, rec) }); err != nil {
+		return err
+	}
+	return p.removeDM(ctx, p.dmName(rec.Name), true)
+}
+
+// ProcessDeferred deletes the devices whose deletion was deferred and that
+// are now closed. Open calls it too.
+func (p *Pool) ProcessDeferred(ctx context.Context) error {
+	recs, err := p.st.all()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, r := range recs {
+		if r.State != StateDeferredDelete {
+			continue
+		}
+		unlock := p.locks.lock(r.Name)
+		cur, err := p.st.get(r.Name)
+		if err == nil && cur.State == StateDeferredDelete {
+			err = p.deleteLocked(ctx, cur, DeleteOptions{})
+		}
+		unlock()
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Resize grows a device to size bytes. An active device's table is
+// reloaded; the filesystem on it is the caller's to grow.
+func (p *Pool) Resize(ctx context.Context, name string, size int64) error {
+	done, err := p.enter()
+	if err != nil {
+		return err
+	}
+	defer done()
+	if _, err := checkSize(size); err != nil {
+		return err
+	}
+	unlock := p.locks.lock(name)
+	defer unlock()
+	rec, err := p.st.get(name)
+	if err != nil {
+		return err
+	}
+	if size < rec.Size {
+		return fmt.Errorf("thinpool: resize %q to %d bytes: shrinking (from %d) is not supported", name, size, rec.Size)
+	}
+	if size == rec.Size {
+		return nil
+	}
+	rec.Size = size
+	if err := p.st.update(func(tx txn) error { return putRecord(tx, rec) }); err != nil {
+		return err
+	}
+	dm := p.dmName(name)
+	info, err := p.dm.Info(dm)
+	if devmapper.IsNotFound(err) || (err == nil && !info.LiveTable) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := p.dm.Reload(dm, p.thinTable(rec), devmapper.SuspendOptions{}); err != nil {
+		return fmt.Errorf("thinpool: resize %q: %w", name, err)
+	}
+	return nil
+}
+
+// Get describes one device.
+func (p *Pool) Get(name string) (Device, error) {
+	done, err := p.enter()
+	if err != nil {
+		return Device{}, err
+	}
+	defer done()
+	rec, err := p.st.get(name)
+	if err != nil {
+		return Device{}, err
+	}
+	return p.describe(rec, nil), nil
+}
+
+// List describes every device, in name order.
+func (p *Pool) List() ([]Device, error) {
+	done, err := p.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	recs, err := p.st.all()
+	if err != nil {
+		return nil, err
+	}
+	live, err := p.dm.List()
+	if err != nil {
+		return nil, err
+	}
+	active := make(map[string]bool, len(live))
+	for _, l := range live {
+		active[l.Name] = true
+	}
+	out := make([]Device, 0, len(recs))
+	for _, r := range recs {
+		out = append(out, p.describe(r, active))
+	}
+	return out, nil
+}
+
+// describe fills in the live state. With a non-nil active map, devices not
+// in it are known inactive without asking the kernel.
+func (p *Pool) describe(r *record, active map[string]bool) Device {
+	d := Device{Name: r.Name, ID: r.ID, Size: r.Size, Parent: r.Parent, State: r.State,
+		DeferredDelete: r.State == StateDeferredDelete, Created: r.Created}
+	dm := p.dmName(r.Name)
+	if active != nil && !active[dm] {
+		return d
+	}
+	info, err := p.dm.Info(dm)
+	if err != nil || !info.LiveTable {
+		return d
+	}
+	d.Active, d.Path, d.OpenCount = true, p.dm.NodePath(dm), int(info.OpenCount)
+	if lines, err := p.dm.Status(dm, devmapper.StatusOptions{NoFlush: true}); err == nil && len(lines) == 1 {
+		if st, err := devmapper.ParseThinStatus(lines[0].Params); err == nil {
+			d.MappedBytes = int64(st.MappedSectors.Bytes())
+		}
+	}
+	return d
+}

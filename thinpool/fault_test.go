@@ -1,0 +1,99 @@
+package thinpool
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/dmthin/dmthin/devmapper"
+	"github.com/dmthin/dmthin/internal/testenv"
+	"github.com/dmthin/dmthin/loopback"
+)
+
+// linearOverLoop makes a loop-backed dm linear device that a test can later
+// swap for an error target.
+func linearOverLoop(t *testing.T, c *devmapper.Client, name string, size int64) devmapper.Table {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	require.NoError(t, loopback.CreateSparse(path, size))
+	l, err := loopback.Attach(path, loopback.Options{})
+	require.NoError(t, err)
+	maj, min := l.Dev()
+	tab := devmapper.Table{{Length: devmapper.Sectors(size / 512), Params: devmapper.LinearParams{Device: devmapper.Dev{Major: maj, Minor: min}}}}
+	_, err = c.Activate(name, "", tab, false)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		assert.NoError(t, c.Remove(name, devmapper.RemoveOptions{}))
+		assert.NoError(t, l.Detach())
+	})
+	return tab
+}
+
+func TestMetadataIOErrors(t *testing.T) {
+	testenv.RequireDM(t)
+	ctx := context.Background()
+	c, err := devmapper.Open(devmapper.Options{})
+	require.NoError(t, err)
+	defer c.Close()
+	metaName := testenv.Suffix(t) + "-faultmeta"
+	dataName := testenv.Suffix(t) + "-faultdata"
+	metaTab := linearOverLoop(t, c, metaName, 16*MiB)
+	linearOverLoop(t, c, dataName, 256*MiB)
+
+	zero := 0
+	p, err := Open(ctx, Options{
+		Root:                filepath.Join(t.TempDir(), "pool"),
+		DataDevice:          c.NodePath(dataName),
+		MetadataDevice:      c.NodePath(metaName),
+		MinFreeSpacePercent: &zero,
+	})
+	require.NoError(t, err)
+	defer func() {
+		// Restore the metadata device so that the pool can go away cleanly.
+		_ = c.Reload(metaName, metaTab, devmapper.SuspendOptions{})
+		assert.NoError(t, p.Shutdown(ctx))
+	}()
+	_, err = p.Create(ctx, "ok", 32*MiB)
+	require.NoError(t, err)
+	path, err := p.Activate(ctx, "ok")
+	require.NoError(t, err)
+	writeFile(t, path, 0, pattern(1, MiB))
+	st, err := p.Status(ctx)
+	require.NoError(t, err)
+	require.Equal(t, devmapper.PoolReadWrite, st.Mode)
+
+	// Every metadata I/O fails from now on.
+	require.NoError(t, c.Reload(metaName, devmapper.Table{{Length: metaTab.Length(), Params: devmapper.RawParams{Type: "error"}}}, devmapper.SuspendOptions{}))
+	// A synchronous write needs new blocks and a metadata commit.
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_SYNC, 0)
+	require.NoError(t, err)
+	_, werr := f.WriteAt(pattern(2, MiB), 8*MiB)
+	f.Close()
+	assert.Error(t, werr, "write needing a metadata commit fails")
+	require.Eventually(t, func() bool {
+		st, err = p.Status(ctx)
+		return err == nil && st.Mode != devmapper.PoolReadWrite
+	}, 10*time.Second, 100*time.Millisecond, "pool leaves rw mode")
+	t.Logf("pool mode after metadata errors: %s", st.Mode)
+	assert.Contains(t, []devmapper.PoolMode{devmapper.PoolReadOnly, devmapper.PoolFailed}, st.Mode)
+
+	_, err = p.Create(ctx, "bad", 32*MiB)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "mode")
+	_, err = p.Get("bad")
+	assert.ErrorIs(t, err, ErrNotFound, "nothing recorded for a create that failed")
+	_, err = p.Snapshot(ctx, "bad2", "ok", 0)
+	require.Error(t, err)
+	_, err = p.Get("bad2")
+	assert.ErrorIs(t, err, ErrNotFound)
+	d, err := p.Get("ok")
+	require.NoError(t, err)
+	assert.Equal(t, StateReady, d.State)
+	_ = unix.EIO
+}

@@ -1,0 +1,252 @@
+package thinpool
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"github.com/dmthin/dmthin/devmapper"
+	"github.com/dmthin/dmthin/loopback"
+)
+
+// Pool is an open thin pool. It is safe for concurrent use.
+type Pool struct {
+	opts Options
+	log  logrus.FieldLogger
+	dm   *devmapper.Client
+	st   *store
+
+	name      string // pool device-mapper name
+	prefix    string // prefix of every thin device's dm name
+	dev       devmapper.Dev
+	blockSize devmapper.Sectors
+	external  bool
+
+	dataLoop, metaLoop *loopback.Device
+	dataPath, metaPath string // files (loopback) or devices
+
+	// msgMu serialises pool messages with the transaction id they move,
+	// and guards txid.
+	msgMu sync.Mutex
+	txid  uint64
+
+	locks keyedMutex
+
+	closeMu sync.RWMutex
+	closed  bool
+
+	// hook is called at each named step of an operation; tests use it to
+	// crash the process at that point.
+	hook func(step string)
+}
+
+func (p *Pool) step(name string) {
+	if p.hook != nil {
+		p.hook(name)
+	}
+}
+
+// Open opens (creating or reusing as needed) the pool Options describe,
+// then settles every operation a crash left half-done.
+func Open(ctx context.Context, opts Options) (_ *Pool, err error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	opts = opts.withDefaults()
+	root, err := filepath.Abs(opts.Root)
+	if err != nil {
+		return nil, fmt.Errorf("thinpool: root: %w", err)
+	}
+	opts.Root = root
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return nil, fmt.Errorf("thinpool: root: %w", err)
+	}
+	p := &Pool{opts: opts, log: opts.Logger.WithField("pool-root", root)}
+	var cleanup []func() error
+	defer func() {
+		if err != nil {
+			for i := len(cleanup) - 1; i >= 0; i-- {
+				err = errors.Join(err, cleanup[i]())
+			}
+		}
+	}()
+
+	if p.st, err = openStore(filepath.Join(root, "metadata.db")); err != nil {
+		return nil, err
+	}
+	cleanup = append(cleanup, p.st.close)
+
+	if p.dm, err = devmapper.Open(devmapper.Options{NodeDir: opts.DeviceDir, Logger: opts.Logger}); err != nil {
+		return nil, fmt.Errorf("thinpool: %w", err)
+	}
+	cleanup = append(cleanup, p.dm.Close)
+
+	if err := p.initPrefix(); err != nil {
+		return nil, err
+	}
+	fresh, err := p.st.metaString(keyPoolName)
+	if err != nil {
+		return nil, err
+	}
+	isNew := fresh == ""
+
+	switch opts.source() {
+	case "external":
+		err = p.useExternal(isNew)
+	case "devices":
+		err = p.useDevices(isNew)
+	default:
+		err = p.useLoopback(isNew, &cleanup)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := p.recordPool(isNew); err != nil {
+		return nil, err
+	}
+	if err := p.recover(ctx); err != nil {
+		return nil, err
+	}
+	if err := p.ProcessDeferred(ctx); err != nil {
+		p.log.WithError(err).Warn("deferred deletions still pending")
+	}
+	return p, nil
+}
+
+func (p *Pool) initPrefix() error {
+	prefix, err := p.st.metaString(keyPrefix)
+	if err != nil {
+		return err
+	}
+	if prefix == "" {
+		sum := sha256.Sum256([]byte(p.opts.Root))
+		prefix = "dmthin-" + hex.EncodeToString(sum[:4])
+		err := p.st.update(func(tx txn) error { return tx.Bucket(bucketMeta).Put(keyPrefix, []byte(prefix)) })
+		if err != nil {
+			return fmt.Errorf("thinpool: save prefix: %w", err)
+		}
+	}
+	p.prefix = prefix
+	return nil
+}
+
+func (p *Pool) recordPool(isNew bool) error {
+	return p.st.update(func(tx txn) error {
+		meta := tx.Bucket(bucketMeta)
+		if !isNew {
+			if old := string(meta.Get(keyPoolName)); old != p.name {
+				return fmt.Errorf("%w: store belongs to pool %q, options give %q", ErrPoolNotOurs, old, p.name)
+			}
+		}
+		if err := meta.Put(keyPoolName, []byte(p.name)); err != nil {
+			return err
+		}
+		if err := meta.Put(keySource, []byte(p.opts.source())); err != nil {
+			return err
+		}
+		return putU64(meta, keyBlockSize, p.blockSize.Bytes())
+	})
+}
+
+// Name returns the pool's device-mapper name.
+func (p *Pool) Name() string { return p.name }
+
+// Dev returns the pool's device number.
+func (p *Pool) Dev() devmapper.Dev { return p.dev }
+
+// BlockSize returns the data block size in bytes.
+func (p *Pool) BlockSize() int64 { return int64(p.blockSize.Bytes()) }
+
+// dmName is the device-mapper name of a thin device.
+func (p *Pool) dmName(name string) string { return p.prefix + "-" + name }
+
+// nodePath is where the block node of a thin device is made.
+func (p *Pool) nodePath(name string) string { return p.dm.NodePath(p.dmName(name)) }
+
+// enter guards against use after Close; call the result when done.
+func (p *Pool) enter() (func(), error) {
+	p.closeMu.RLock()
+	if p.closed {
+		p.closeMu.RUnlock()
+		return nil, ErrClosed
+	}
+	return p.closeMu.RUnlock, nil
+}
+
+// Close releases the store and file handles. Active devices, the pool and
+// its loop devices stay, for the next Open to find.
+func (p *Pool) Close() error {
+	p.closeMu.Lock()
+	defer p.closeMu.Unlock()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	var errs []error
+	for _, l := range []*loopback.Device{p.dataLoop, p.metaLoop} {
+		if l != nil {
+			errs = append(errs, l.Close())
+		}
+	}
+	errs = append(errs, p.st.close(), p.dm.Close())
+	return errors.Join(errs...)
+}
+
+// Shutdown deactivates every thin device of the pool and, unless the pool is
+// external, removes the pool device and detaches its loop devices; then
+// closes. Records stay: the next Open brings everything back.
+func (p *Pool) Shutdown(ctx context.Context) error {
+	done, err := p.enter()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	recs, err := p.st.all()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, r := range recs {
+		if err := p.removeDM(ctx, p.dmName(r.Name), false); err != nil {
+			errs = append(errs, fmt.Errorf("deactivate %q: %w", r.Name, err))
+		}
+	}
+	if !p.external && len(errs) == 0 {
+		if err := p.removeDM(ctx, p.name, false); err != nil {
+			errs = append(errs, fmt.Errorf("remove pool: %w", err))
+		}
+		for _, l := range []*loopback.Device{p.dataLoop, p.metaLoop} {
+			if l != nil {
+				if err := l.Detach(); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+		p.dataLoop, p.metaLoop = nil, nil
+	}
+	done()
+	return errors.Join(append(errs, p.Close())...)
+}
+
+// devOf returns the device number of a block device path.
+func devOf(path string) (devmapper.Dev, int64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return devmapper.Dev{}, 0, fmt.Errorf("thinpool: %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return devmapper.Dev{}, 0, fmt.Errorf("thinpool: %s is not a block device", path)
+	}
+	size, err := blockDevSize(path)
+	if err != nil {
+		return devmapper.Dev{}, 0, err
+	}
+	return devmapper.DecodeDev(st.Rdev), size, nil
+}

@@ -1,0 +1,277 @@
+package thinpool
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dmthin/dmthin/devmapper"
+	"github.com/dmthin/dmthin/loopback"
+)
+
+const (
+	dataFileName     = "data"
+	metadataFileName = "metadata"
+)
+
+// useLoopback makes or finds the sparse files and their loop devices, then
+// the pool over them.
+func (p *Pool) useLoopback(isNew bool, cleanup *[]func() error) error {
+	dir := filepath.Join(p.opts.Root, "devicemapper")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("thinpool: %w", err)
+	}
+	p.dataPath = filepath.Join(dir, dataFileName)
+	p.metaPath = filepath.Join(dir, metadataFileName)
+	_, statErr := os.Stat(p.metaPath)
+	metaIsNew := errors.Is(statErr, os.ErrNotExist)
+	if metaIsNew && !isNew {
+		return fmt.Errorf("thinpool: %s is missing but the store under %s has a pool: refusing to make an empty one", p.metaPath, p.opts.Root)
+	}
+	for _, f := range []struct {
+		path string
+		size int64
+	}{{p.dataPath, p.opts.LoopDataSize}, {p.metaPath, p.opts.LoopMetadataSize}} {
+		if err := growFileTo(f.path, f.size); err != nil {
+			return err
+		}
+	}
+	var err error
+	if p.dataLoop, err = findOrAttach(p.dataPath); err != nil {
+		return err
+	}
+	*cleanup = append(*cleanup, p.dataLoop.Close)
+	if p.metaLoop, err = findOrAttach(p.metaPath); err != nil {
+		return err
+	}
+	*cleanup = append(*cleanup, p.metaLoop.Close)
+	// Files may have grown since the loop devices were bound.
+	for _, l := range []*loopback.Device{p.dataLoop, p.metaLoop} {
+		if err := l.SetCapacity(); err != nil {
+			return fmt.Errorf("thinpool: %w", err)
+		}
+	}
+	p.name = p.prefix + "-pool"
+	return p.ensurePool(loopDev(p.metaLoop), loopDev(p.dataLoop))
+}
+
+// growFileTo creates the sparse file or grows it; a larger file is kept.
+func growFileTo(path string, size int64) error {
+	st, err := os.Stat(path)
+	if err == nil && st.Size() >= size {
+		return nil
+	}
+	if err := loopback.CreateSparse(path, size); err != nil {
+		return fmt.Errorf("thinpool: %w", err)
+	}
+	return nil
+}
+
+func findOrAttach(path string) (*loopback.Device, error) {
+	d, err := loopback.Find(path)
+	if err == nil {
+		return d, nil
+	}
+	if !errors.Is(err, loopback.ErrNotFound) {
+		return nil, fmt.Errorf("thinpool: find loop device of %s: %w", path, err)
+	}
+	d, err = loopback.Attach(path, loopback.Options{Autoclear: true})
+	if err != nil {
+		return nil, fmt.Errorf("thinpool: attach %s: %w", path, err)
+	}
+	return d, nil
+}
+
+func loopDev(l *loopback.Device) devmapper.Dev {
+	maj, min := l.Dev()
+	return devmapper.Dev{Major: maj, Minor: min}
+}
+
+// useDevices builds the pool over given block devices.
+func (p *Pool) useDevices(isNew bool) error {
+	p.dataPath, p.metaPath = p.opts.DataDevice, p.opts.MetadataDevice
+	md, _, err := devOf(p.metaPath)
+	if err != nil {
+		return err
+	}
+	dd, _, err := devOf(p.dataPath)
+	if err != nil {
+		return err
+	}
+	p.name = p.prefix + "-pool"
+	exists, err := p.dm.Exists(p.name)
+	if err != nil {
+		return err
+	}
+	if isNew && !exists {
+		// A new pool needs a zeroed metadata superblock, or the kernel
+		// would try to open stale metadata.
+		if err := zeroHeader(p.metaPath); err != nil {
+			return err
+		}
+	}
+	return p.ensurePool(md, dd)
+}
+
+// useExternal adopts an existing thin-pool device.
+func (p *Pool) useExternal(isNew bool) error {
+	p.external = true
+	p.name = p.opts.PoolDevice
+	info, err := p.dm.Info(p.name)
+	if err != nil {
+		return fmt.Errorf("thinpool: pool device %q: %w", p.name, err)
+	}
+	tab, err := p.dm.Table(p.name)
+	if err != nil {
+		return fmt.Errorf("thinpool: pool device %q: %w", p.name, err)
+	}
+	if len(tab) != 1 {
+		return fmt.Errorf("thinpool: %q has %d targets, want one thin-pool", p.name, len(tab))
+	}
+	params, ok := tab[0].Params.(devmapper.ThinPoolParams)
+	if !ok {
+		return fmt.Errorf("thinpool: %q is a %s device, not thin-pool", p.name, tab[0].Params.TargetType())
+	}
+	p.dev = info.Dev
+	p.blockSize = params.BlockSize
+	st, err := p.poolStatus()
+	if err != nil {
+		return err
+	}
+	if isNew && (st.TransactionID != 0 || st.UsedDataBlocks != 0) {
+		return fmt.Errorf("%w: %q has transaction id %d and %d data blocks in use", ErrPoolNotOurs, p.name, st.TransactionID, st.UsedDataBlocks)
+	}
+	return nil
+}
+
+// ensurePool creates the pool device over md and dd unless it exists, in
+// which case its table must name the same devices.
+func (p *Pool) ensurePool(md, dd devmapper.Dev) error {
+	dataSize, err := devSize(dd)
+	if err != nil {
+		return err
+	}
+	want := p.poolTable(md, dd, dataSize)
+	info, err := p.dm.Info(p.name)
+	switch {
+	case err == nil && info.LiveTable:
+		tab, err := p.dm.Table(p.name)
+		if err != nil {
+			return err
+		}
+		cur, ok := tab[0].Params.(devmapper.ThinPoolParams)
+		if len(tab) != 1 || !ok || cur.Data != dd || cur.Metadata != md {
+			return fmt.Errorf("thinpool: existing %q maps %v, not data %s metadata %s", p.name, tab, dd, md)
+		}
+		p.dev, p.blockSize = info.Dev, cur.BlockSize
+		if cur.BlockSize.Bytes() != uint64(p.opts.BlockSize) {
+			p.log.WithField("blocksize", cur.BlockSize.Bytes()).Warn("pool exists with another block size; keeping it")
+		}
+		if tab.Length() < want[0].Length {
+			// The data device grew while we were away.
+			want[0].Params = withBlockSize(want[0].Params, cur.BlockSize)
+			if err := p.dm.Reload(p.name, want, devmapper.SuspendOptions{}); err != nil {
+				return fmt.Errorf("thinpool: grow %q: %w", p.name, err)
+			}
+		}
+		_, err = p.dm.EnsureNode(p.name)
+		return err
+	case err == nil:
+		// A device with no live table: a crash during our own create.
+		if err := p.dm.Remove(p.name, devmapper.RemoveOptions{}); err != nil {
+			return fmt.Errorf("thinpool: remove half-made %q: %w", p.name, err)
+		}
+	case !devmapper.IsNotFound(err):
+		return err
+	}
+	if bs := p.storedBlockSize(); bs != 0 {
+		want[0].Params = withBlockSize(want[0].Params, bs)
+	}
+	info, err = p.dm.Activate(p.name, "", want, false)
+	if err != nil {
+		return fmt.Errorf("thinpool: create pool %q: %w", p.name, err)
+	}
+	p.dev = info.Dev
+	p.blockSize = want[0].Params.(devmapper.ThinPoolParams).BlockSize
+	p.log.WithFields(map[string]any{"pool": p.name, "data": dd, "metadata": md}).Info("thin pool created")
+	return nil
+}
+
+func withBlockSize(tp devmapper.TargetParams, bs devmapper.Sectors) devmapper.TargetParams {
+	t := tp.(devmapper.ThinPoolParams)
+	t.BlockSize = bs
+	return t
+}
+
+func (p *Pool) storedBlockSize() devmapper.Sectors {
+	var v uint64
+	_ = p.st.db.View(func(tx txn) error {
+		v = u64(tx.Bucket(bucketMeta).Get(keyBlockSize))
+		return nil
+	})
+	return devmapper.Sectors(v / devmapper.SectorSize)
+}
+
+func (p *Pool) poolTable(md, dd devmapper.Dev, dataSize int64) devmapper.Table {
+	bs := devmapper.Sectors(p.opts.BlockSize / devmapper.SectorSize)
+	blocks := uint64(dataSize) / bs.Bytes()
+	lwm := uint64(p.opts.LowWaterMark) / bs.Bytes()
+	if p.opts.LowWaterMark == 0 {
+		lwm = blocks / 100
+	}
+	length := devmapper.Sectors(uint64(dataSize) / devmapper.SectorSize)
+	return devmapper.Table{{
+		Start:  0,
+		Length: length,
+		Params: devmapper.ThinPoolParams{
+			Metadata: md, Data: dd, BlockSize: bs, LowWaterMark: lwm,
+			Features: devmapper.ThinPoolFeatures{
+				SkipBlockZeroing:  p.opts.SkipBlockZeroing,
+				NoDiscardPassdown: p.opts.NoDiscardPassdown,
+				ErrorIfNoSpace:    !p.opts.QueueIfNoSpace,
+			},
+		},
+	}}
+}
+
+// devSize returns the size in bytes of the block device dev.
+func devSize(dev devmapper.Dev) (int64, error) {
+	path := fmt.Sprintf("/sys/dev/block/%d:%d/size", dev.Major, dev.Minor)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("thinpool: size of %s: %w", dev, err)
+	}
+	var sectors int64
+	if _, err := fmt.Sscan(string(data), &sectors); err != nil {
+		return 0, fmt.Errorf("thinpool: size of %s: %w", dev, err)
+	}
+	return sectors * devmapper.SectorSize, nil
+}
+
+// blockDevSize asks a block device for its size (BLKGETSIZE64).
+func blockDevSize(path string) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, fmt.Errorf("thinpool: %w", err)
+	}
+	defer f.Close()
+	var size uint64
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.BLKGETSIZE64, uintptr(unsafe.Pointer(&size))); e != 0 {
+		return 0, fmt.Errorf("thinpool: BLKGETSIZE64 %s: %w", path, e)
+	}
+	return int64(size), nil
+}
+
+// zeroHeader zeroes the first 4 KiB of a device and syncs it.
+func zeroHeader(path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("thinpool: %w", err)
+	}
+	_, werr := f.WriteAt(make([]byte, 4096), 0)
+	return errors.Join(werr, f.Sync(), f.Close())
+}

@@ -1,0 +1,245 @@
+package thinpool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dmthin/dmthin/devmapper"
+	"github.com/dmthin/dmthin/loopback"
+)
+
+// Status is the pool's space and state.
+type Status struct {
+	Name      string
+	BlockSize int64
+	// Data and metadata space in bytes. Available is what can still be
+	// provisioned: free pool space, bounded for a loopback file by the free
+	// space of the filesystem holding it.
+	DataUsed, DataTotal, DataAvailable             int64
+	MetadataUsed, MetadataTotal, MetadataAvailable int64
+	Mode                                           devmapper.PoolMode
+	NeedsCheck                                     bool
+	TransactionID                                  uint64
+	Devices                                        int
+	DeferredDeletes                                int
+	Faulty                                         int
+	// Where the pool lives: loopback files, or devices.
+	DataFile, MetadataFile     string
+	DataDevice, MetadataDevice string
+	External                   bool
+	MinFreeSpacePercent        int
+	// EventNr is the pool device's event counter, for WaitEvent.
+	EventNr uint32
+}
+
+// Status reads the pool's status without making it commit metadata.
+func (p *Pool) Status(ctx context.Context) (Status, error) {
+	done, err := p.enter()
+	if err != nil {
+		return Status{}, err
+	}
+	defer done()
+	return p.status()
+}
+
+func (p *Pool) status() (Status, error) {
+	s, err := p.spaceStatus()
+	if err != nil {
+		return s, err
+	}
+	recs, err := p.st.all()
+	if err != nil {
+		return s, err
+	}
+	for _, r := range recs {
+		s.Devices++
+		switch r.State {
+		case StateDeferredDelete:
+			s.DeferredDeletes++
+		case StateFaulty:
+			s.Faulty++
+		}
+	}
+	return s, nil
+}
+
+// spaceStatus is Status without the device counts: its cost does not grow
+// with the number of devices.
+func (p *Pool) spaceStatus() (Status, error) {
+	info, err := p.dm.Info(p.name)
+	if err != nil {
+		return Status{}, fmt.Errorf("thinpool: %w", err)
+	}
+	ps, err := p.poolStatus()
+	if err != nil {
+		return Status{}, err
+	}
+	bs := int64(p.blockSize.Bytes())
+	s := Status{
+		Name: p.name, BlockSize: bs, Mode: ps.Mode, NeedsCheck: ps.NeedsCheck,
+		TransactionID: ps.TransactionID, External: p.external,
+		MinFreeSpacePercent: *p.opts.MinFreeSpacePercent, EventNr: info.EventNr,
+		DataUsed:      int64(ps.UsedDataBlocks) * bs,
+		DataTotal:     int64(ps.TotalDataBlocks) * bs,
+		MetadataUsed:  int64(ps.UsedMetadataBlocks) * devmapper.MetadataBlockSize,
+		MetadataTotal: int64(ps.TotalMetadata) * devmapper.MetadataBlockSize,
+	}
+	s.DataAvailable = s.DataTotal - s.DataUsed
+	s.MetadataAvailable = s.MetadataTotal - s.MetadataUsed
+	if p.dataLoop != nil {
+		s.DataFile, s.MetadataFile = p.dataPath, p.metaPath
+		if free, err := fsFree(filepath.Dir(p.dataPath)); err == nil {
+			s.DataAvailable = min(s.DataAvailable, free)
+			s.MetadataAvailable = min(s.MetadataAvailable, free)
+		}
+	} else if !p.external {
+		s.DataDevice, s.MetadataDevice = p.dataPath, p.metaPath
+	}
+	return s, nil
+}
+
+func fsFree(dir string) (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Bavail) * st.Bsize, nil
+}
+
+// checkSpace refuses new devices when free data or metadata space is below
+// the minimum, or the pool is not writable.
+func (p *Pool) checkSpace() error {
+	s, err := p.spaceStatus()
+	if err != nil {
+		return err
+	}
+	switch s.Mode {
+	case devmapper.PoolOutOfDataSpace:
+		return &SpaceError{What: "data", Free: s.DataAvailable, Total: s.DataTotal, OutOfData: true}
+	case devmapper.PoolReadWrite:
+	default:
+		return fmt.Errorf("thinpool: pool %q is in mode %s; no new devices", p.name, s.Mode)
+	}
+	pct := int64(*p.opts.MinFreeSpacePercent)
+	if pct == 0 {
+		return nil
+	}
+	if min := s.DataTotal * pct / 100; s.DataAvailable < min {
+		return &SpaceError{What: "data", Free: s.DataAvailable, Total: s.DataTotal, MinFree: min}
+	}
+	if min := s.MetadataTotal * pct / 100; s.MetadataAvailable < min {
+		return &SpaceError{What: "metadata", Free: s.MetadataAvailable, Total: s.MetadataTotal, MinFree: min}
+	}
+	return nil
+}
+
+// Grow grows the pool. For a loopback pool, the files grow to dataSize and
+// metadataSize (0 keeps a size; shrinking is refused) and the loop devices
+// are told; for a pool over devices, the caller grew them and both sizes
+// must be 0. The pool's table is reloaded while thin devices stay in use.
+func (p *Pool) Grow(ctx context.Context, dataSize, metadataSize int64) error {
+	done, err := p.enter()
+	if err != nil {
+		return err
+	}
+	defer done()
+	if p.external {
+		return fmt.Errorf("thinpool: %q is external: grow it where it was made", p.name)
+	}
+	if p.dataLoop == nil && (dataSize != 0 || metadataSize != 0) {
+		return fmt.Errorf("thinpool: pool over devices: grow the devices, then call Grow(ctx, 0, 0)")
+	}
+	p.msgMu.Lock()
+	defer p.msgMu.Unlock()
+	if p.dataLoop != nil {
+		for _, f := range []struct {
+			path string
+			size int64
+			loop *loopback.Device
+		}{{p.dataPath, dataSize, p.dataLoop}, {p.metaPath, metadataSize, p.metaLoop}} {
+			if f.size == 0 {
+				continue
+			}
+			st, err := os.Stat(f.path)
+			if err != nil {
+				return fmt.Errorf("thinpool: grow: %w", err)
+			}
+			if f.size < st.Size() {
+				return fmt.Errorf("thinpool: grow %s to %d bytes: it has %d, shrinking is not supported", f.path, f.size, st.Size())
+			}
+			if err := loopback.CreateSparse(f.path, f.size); err != nil {
+				return fmt.Errorf("thinpool: grow: %w", err)
+			}
+			if err := f.loop.SetCapacity(); err != nil {
+				return fmt.Errorf("thinpool: grow: %w", err)
+			}
+		}
+	}
+	tab, err := p.dm.Table(p.name)
+	if err != nil {
+		return err
+	}
+	cur, ok := tab[0].Params.(devmapper.ThinPoolParams)
+	if len(tab) != 1 || !ok {
+		return fmt.Errorf("thinpool: %q has an unexpected table %v", p.name, tab)
+	}
+	size, err := devSize(cur.Data)
+	if err != nil {
+		return err
+	}
+	want := p.poolTable(cur.Metadata, cur.Data, size)
+	want[0].Params = withBlockSize(want[0].Params, cur.BlockSize)
+	if err := p.dm.Reload(p.name, want, devmapper.SuspendOptions{}); err != nil {
+		return fmt.Errorf("thinpool: grow: reload %q: %w", p.name, err)
+	}
+	return nil
+}
+
+// WaitEvent blocks until the pool raises an event after the one numbered
+// after (Status.EventNr): crossing the low-water mark, running out of
+// space, a mode change or a table reload. It returns the new status.
+func (p *Pool) WaitEvent(ctx context.Context, after uint32) (Status, error) {
+	done, err := p.enter()
+	if err != nil {
+		return Status{}, err
+	}
+	defer done()
+	if _, err := p.dm.WaitEvent(ctx, p.name, after); err != nil {
+		return Status{}, err
+	}
+	return p.status()
+}
+
+// discard activates the device if needed and discards all its blocks, so
+// that the pool (with discard passdown) punches them out of its data device.
+func (p *Pool) discard(ctx context.Context, rec *record) error {
+	info, err := p.dm.Info(p.dmName(rec.Name))
+	wasActive := err == nil && info.LiveTable
+	if wasActive && info.OpenCount > 0 {
+		return fmt.Errorf("%w: %q is open", ErrBusy, rec.Name)
+	}
+	path, err := p.activateLocked(ctx, rec)
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|unix.O_EXCL, 0)
+	if err != nil {
+		if errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("%w: %q: %v", ErrBusy, rec.Name, err)
+		}
+		return fmt.Errorf("thinpool: discard %q: %w", rec.Name, err)
+	}
+	rng := [2]uint64{0, uint64(rec.Size)}
+	_, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.BLKDISCARD, uintptr(unsafe.Pointer(&rng[0])))
+	cerr := f.Close()
+	if e != 0 && e != unix.EOPNOTSUPP {
+		return errors.Join(fmt.Errorf("thinpool: discard %q: BLKDISCARD: %w", rec.Name, e), cerr)
+	}
+	return cerr
+}

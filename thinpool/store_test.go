@@ -1,0 +1,103 @@
+package thinpool
+
+import (
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestStoreRecordsAndIDs(t *testing.T) {
+	s, err := openStore(filepath.Join(t.TempDir(), "m.db"))
+	require.NoError(t, err)
+	defer s.close()
+	var ids []uint32
+	for _, name := range []string{"a", "b", "c"} {
+		require.NoError(t, s.update(func(tx txn) error {
+			id, err := allocID(tx)
+			if err != nil {
+				return err
+			}
+			ids = append(ids, id)
+			return putRecord(tx, &record{Name: name, ID: id, Size: 1 << 20, State: StateReady})
+		}))
+	}
+	assert.Equal(t, []uint32{0, 1, 2}, ids)
+	r, err := s.get("b")
+	require.NoError(t, err)
+	require.NoError(t, s.update(func(tx txn) error { return deleteRecord(tx, r) }))
+	_, err = s.get("b")
+	assert.ErrorIs(t, err, ErrNotFound)
+	// Freed ids are not handed out again until the id space wraps.
+	require.NoError(t, s.update(func(tx txn) error {
+		id, err := allocID(tx)
+		assert.Equal(t, uint32(3), id)
+		return err
+	}))
+	all, err := s.all()
+	require.NoError(t, err)
+	assert.Len(t, all, 2)
+}
+
+func TestAllocIDWrapsAndSkipsUsed(t *testing.T) {
+	s, err := openStore(filepath.Join(t.TempDir(), "m.db"))
+	require.NoError(t, err)
+	defer s.close()
+	require.NoError(t, s.update(func(tx txn) error {
+		if err := putU64(tx.Bucket(bucketMeta), keyNextID, 1<<24-1); err != nil {
+			return err
+		}
+		if err := putRecord(tx, &record{Name: "last", ID: 1<<24 - 1}); err != nil {
+			return err
+		}
+		return putRecord(tx, &record{Name: "zero", ID: 0})
+	}))
+	require.NoError(t, s.update(func(tx txn) error {
+		id, err := allocID(tx)
+		assert.Equal(t, uint32(1), id, "skips the used last id and 0 after wrapping")
+		return err
+	}))
+}
+
+func TestStoreLockedBySecondOpener(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "m.db")
+	s, err := openStore(path)
+	require.NoError(t, err)
+	defer s.close()
+	start := time.Now()
+	_, err = openStore(path)
+	assert.ErrorIs(t, err, ErrLocked)
+	assert.Less(t, time.Since(start), 5*time.Second)
+}
+
+func TestKeyedMutex(t *testing.T) {
+	var k keyedMutex
+	var mu sync.Mutex
+	inside := map[string]int{}
+	var wg sync.WaitGroup
+	for i := 0; i < 50; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			a, b := "x", "y"
+			if i%2 == 0 {
+				a, b = b, a // opposite order must not deadlock
+			}
+			unlock := k.lock(a, b)
+			mu.Lock()
+			inside["x"]++
+			assert.Equal(t, 1, inside["x"], "exclusive")
+			mu.Unlock()
+			time.Sleep(time.Millisecond)
+			mu.Lock()
+			inside["x"]--
+			mu.Unlock()
+			unlock()
+		}(i)
+	}
+	wg.Wait()
+	assert.Empty(t, k.locks, "no lock left behind")
+}
