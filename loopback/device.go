@@ -133,9 +133,9 @@ func (d *Device) Status() (Status, error) {
 // Detach asks the kernel to unbind the loop device from its file
 // (LOOP_CLR_FD), then closes the handle, whatever the outcome. When nobody
 // else holds the device open it is unbound when Detach returns. When others
-// do (a mount, a device-mapper table, another handle), kernels since 5.x
-// mark it autoclear and unbind it at their last close; older kernels refuse
-// with EBUSY. Errors keep the errno: errors.Is(err, unix.EBUSY), and
+// do (a mount, a device-mapper table, another handle), the kernel marks it
+// autoclear and unbinds it at their last close (very old kernels refused
+// with EBUSY). Errors keep the errno: errors.Is(err, unix.EBUSY), and
 // unix.ENXIO for a device that was no longer bound.
 func (d *Device) Detach() error {
 	if d == nil {

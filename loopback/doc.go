@@ -29,8 +29,9 @@
 // unless the device was attached with Options.Autoclear, in which case the
 // kernel unbinds it once nobody holds it open any more (a mounted
 // filesystem or a device-mapper table counts as holding it). Detach asks the
-// kernel to unbind; since Linux 5.x the kernel does so lazily when others
-// still hold the device, and returns EBUSY on older kernels.
+// kernel to unbind: at once when nobody else holds the device; when others
+// do, the kernel marks it autoclear and unbinds it at their last close (very
+// old kernels refused with EBUSY instead).
 //
 // # Errors
 //

@@ -42,6 +42,9 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
+	if e.Path == "" {
+		return fmt.Sprintf("loopback: %s: %v", e.Op, e.Err)
+	}
 	if e.File != "" && e.File != e.Path {
 		return fmt.Sprintf("loopback: %s %s (backing %s): %v", e.Op, e.Path, e.File, e.Err)
 	}
