@@ -1,0 +1,120 @@
+package graphdriver
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	archive "github.com/moby/go-archive"
+	"github.com/moby/sys/user"
+	"golang.org/x/sys/unix"
+)
+
+// The functions here compare and change plain directory trees: the driver
+// calls them on the rootfs directories of mounted layers. parentRoot "" is
+// an empty tree (a layer made from the base device).
+
+// changesDirs lists the paths that differ in layerRoot from parentRoot:
+// added, modified (content, mode, owner, times, capabilities) or deleted.
+// A directory holding a change is listed as modified too.
+func changesDirs(layerRoot, parentRoot string) ([]archive.Change, error) {
+	changes, err := archive.ChangesDirs(layerRoot, parentRoot)
+	if err != nil {
+		return nil, fmt.Errorf("graphdriver: compare %s with %s: %w", layerRoot, orEmpty(parentRoot), err)
+	}
+	return changes, nil
+}
+
+// exportDiff is a tar stream of what changed in layerRoot since parentRoot:
+// added and modified entries with their contents, and a ".wh.NAME" entry
+// for every deleted NAME, as OCI image layers carry them. The stream is
+// produced while it is read; layerRoot must stay mounted until it is closed.
+func exportDiff(layerRoot, parentRoot string) (io.ReadCloser, error) {
+	changes, err := changesDirs(layerRoot, parentRoot)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := archive.ExportChanges(layerRoot, changes, user.IdentityMapping{})
+	if err != nil {
+		return nil, fmt.Errorf("graphdriver: export changes of %s: %w", layerRoot, err)
+	}
+	return rc, nil
+}
+
+// diffSizeDirs is the number of bytes of file contents that changed: the
+// sizes of added and modified regular files, a hard-linked inode counted
+// once. That is what applying exportDiff's stream returns. (archive's
+// ChangesSize also counts the length of symlink targets, which the stream
+// does not carry as contents, so the two would disagree.)
+func diffSizeDirs(layerRoot, parentRoot string) (int64, error) {
+	changes, err := changesDirs(layerRoot, parentRoot)
+	if err != nil {
+		return 0, err
+	}
+	var size int64
+	seen := map[uint64]bool{}
+	for _, c := range changes {
+		if c.Kind == archive.ChangeDelete {
+			continue
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(filepath.Join(layerRoot, c.Path), &st); err != nil {
+			return 0, fmt.Errorf("graphdriver: diff size of %s: %w", layerRoot, &os.PathError{Op: "lstat", Path: c.Path, Err: err})
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFREG {
+			continue
+		}
+		if st.Nlink > 1 {
+			if seen[st.Ino] {
+				continue
+			}
+			seen[st.Ino] = true
+		}
+		size += st.Size
+	}
+	return size, nil
+}
+
+// applyDiffDir applies an uncompressed layer tar to root: entries are
+// created or replace what is there, ".wh.NAME" deletes NAME, and
+// ".wh..wh..opq" empties its directory of what the layer below had. Paths
+// are resolved inside root; entries that would escape it are refused. It
+// returns the bytes of file contents in the stream.
+//
+// The archive code sets the umask to 0 while it extracts, and the umask is
+// shared by every thread of the process. So the extraction runs on a
+// thread of its own that first unshares its filesystem attributes (umask,
+// cwd, root) and is discarded afterwards: concurrent ApplyDiff calls and
+// the rest of the program never see the changed umask.
+func applyDiffDir(root string, diff io.Reader) (int64, error) {
+	type result struct {
+		n   int64
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		// Never unlocked: the thread ends with the goroutine, so its
+		// unshared attributes go with it.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_FS); err != nil {
+			ch <- result{err: fmt.Errorf("unshare filesystem attributes: %w", err)}
+			return
+		}
+		n, err := archive.ApplyUncompressedLayer(root, diff, &archive.TarOptions{})
+		ch <- result{n, err}
+	}()
+	r := <-ch
+	if r.err != nil {
+		return r.n, fmt.Errorf("graphdriver: apply diff to %s: %w", root, r.err)
+	}
+	return r.n, nil
+}
+
+func orEmpty(dir string) string {
+	if dir == "" {
+		return "an empty tree"
+	}
+	return dir
+}

@@ -1,0 +1,192 @@
+package graphdriver
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/docker/go-units"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestParseOptionsDockerNames(t *testing.T) {
+	c, err := ParseOptions([]string{
+		"dm.basesize=20G",
+		"dm.loopdatasize=200GB",
+		"dm.loopmetadatasize=4G",
+		"dm.fs=ext4",
+		"dm.mkfsarg=-O ^has_journal",
+		"dm.mkfsarg=-m0",
+		"dm.mountopt=nodiscard,noatime",
+		"dm.mountopt=nodev",
+		"dm.blocksize=512K",
+		"dm.blkdiscard=false",
+		"dm.min_free_space=5%",
+		"DM.Use_Deferred_Removal=true",
+		"dm.use_deferred_deletion=1",
+	})
+	require.NoError(t, err)
+	assert.Equal(t, int64(20*units.GiB), c.BaseSize)
+	assert.Equal(t, int64(200*units.GiB), c.LoopDataSize)
+	assert.Equal(t, int64(4*units.GiB), c.LoopMetadataSize)
+	assert.Equal(t, "ext4", c.Filesystem)
+	assert.Equal(t, []string{"-O ^has_journal", "-m0"}, c.MkfsArgs)
+	assert.Equal(t, []string{"nodiscard", "noatime", "nodev"}, c.MountOptions)
+	assert.Equal(t, int64(512*units.KiB), c.BlockSize)
+	require.NotNil(t, c.BlkDiscard)
+	assert.False(t, *c.BlkDiscard)
+	assert.False(t, c.blkDiscard())
+	require.NotNil(t, c.MinFreeSpacePercent)
+	assert.Equal(t, 5, *c.MinFreeSpacePercent)
+	assert.True(t, c.DeferredRemoval)
+	assert.True(t, c.DeferredDeletion)
+
+	po := c.poolOptions("/var/lib/x")
+	assert.Equal(t, "/var/lib/x", po.Root)
+	assert.Equal(t, int64(200*units.GiB), po.LoopDataSize)
+	assert.Equal(t, int64(512*units.KiB), po.BlockSize)
+	assert.Equal(t, 5, *po.MinFreeSpacePercent)
+}
+
+func TestParseOptionsDefaults(t *testing.T) {
+	c, err := ParseOptions(nil)
+	require.NoError(t, err)
+	assert.Equal(t, DefaultConfig(), c)
+	assert.True(t, c.loopback())
+	assert.True(t, c.blkDiscard(), "blkdiscard defaults to on for a loopback pool, as in Docker")
+	assert.Nil(t, c.MinFreeSpacePercent)
+
+	c, err = ParseOptions([]string{"dm.thinpooldev=/dev/mapper/mypool"})
+	require.NoError(t, err)
+	assert.Equal(t, "mypool", c.ThinPoolDevice)
+	assert.True(t, c.external())
+	assert.False(t, c.blkDiscard(), "blkdiscard defaults to off for a pool over devices")
+	assert.Equal(t, "mypool", c.poolOptions("/h").PoolDevice)
+
+	c, err = ParseOptions([]string{"dm.datadev=/dev/vdb", "dm.metadatadev=/dev/vdc"})
+	require.NoError(t, err)
+	assert.Equal(t, "/dev/vdb", c.poolOptions("/h").DataDevice)
+	assert.Equal(t, "/dev/vdc", c.poolOptions("/h").MetadataDevice)
+}
+
+func TestParseOptionsLastWins(t *testing.T) {
+	c, err := ParseOptions([]string{"dm.basesize=1G", "dm.basesize=2G"})
+	require.NoError(t, err)
+	assert.Equal(t, int64(2*units.GiB), c.BaseSize)
+}
+
+// Every bad option is reported, and each message names its option.
+func TestParseOptionsErrorsNameTheOption(t *testing.T) {
+	cases := []struct {
+		opt  string
+		want string
+	}{
+		{"dm.nosuchthing=1", `unknown option "dm.nosuchthing"`},
+		{"dm.basesize", "want key=value"},
+		{"dm.basesize=ten", "dm.basesize=ten"},
+		{"dm.basesize=-5G", "dm.basesize=-5G"},
+		{"dm.loopdatasize=0", "dm.loopdatasize=0"},
+		{"dm.blkdiscard=maybe", "dm.blkdiscard=maybe"},
+		{"dm.use_deferred_removal=yes", "dm.use_deferred_removal=yes"},
+		{"dm.min_free_space=10", "dm.min_free_space=10"},
+		{"dm.min_free_space=x%", "dm.min_free_space=x%"},
+		{"dm.mountopt=a,,b", "dm.mountopt=a,,b"},
+		{"dm.datadev=", "dm.datadev="},
+		{"dm.directlvm_device=/dev/sdb", "dm.directlvm_device is not supported"},
+		{"dm.override_udev_sync_check=true", "dm.override_udev_sync_check is not supported"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.opt, func(t *testing.T) {
+			_, err := ParseOptions([]string{tc.opt})
+			require.Error(t, err)
+			assert.ErrorIs(t, err, ErrInvalidOptions)
+			assert.Contains(t, err.Error(), tc.want)
+		})
+	}
+
+	// All at once: one error per bad option.
+	var all []string
+	for _, tc := range cases {
+		all = append(all, tc.opt)
+	}
+	_, err := ParseOptions(all)
+	require.Error(t, err)
+	var joined interface{ Unwrap() []error }
+	require.True(t, errors.As(err, &joined))
+	assert.Len(t, joined.Unwrap(), len(cases))
+}
+
+func TestConfigValidate(t *testing.T) {
+	cases := []struct {
+		name string
+		opts []string
+		want []string
+	}{
+		{"base too small", []string{"dm.basesize=1M"}, []string{"dm.basesize 1MiB is below the minimum 16MiB"}},
+		{"base not sector multiple", []string{"dm.basesize=100000001"}, []string{"not a multiple of 512"}},
+		{"datadev alone", []string{"dm.datadev=/dev/vdb"}, []string{"dm.datadev and dm.metadatadev go together"}},
+		{"thinpooldev with devices", []string{"dm.thinpooldev=p", "dm.datadev=/a", "dm.metadatadev=/b"}, []string{"dm.thinpooldev excludes"}},
+		{"loop sizes with pool", []string{"dm.thinpooldev=p", "dm.loopdatasize=1G"}, []string{"only apply to the loopback pool"}},
+		{"blocksize", []string{"dm.blocksize=100K"}, []string{"dm.blocksize 100KiB"}},
+		{"blocksize huge", []string{"dm.blocksize=2G"}, []string{"dm.blocksize 2GiB"}},
+		{"xfs", []string{"dm.fs=xfs"}, []string{"dm.fs=xfs is not supported"}},
+		{"btrfs", []string{"dm.fs=btrfs"}, []string{"dm.fs=btrfs: unknown filesystem"}},
+		{"mkfsarg positional", []string{"dm.mkfsarg=/dev/sda"}, []string{"dm.mkfsarg"}},
+		{"mountopt bind", []string{"dm.mountopt=bind"}, []string{`dm.mountopt "bind"`}},
+		{"min free", []string{"dm.min_free_space=100%"}, []string{"dm.min_free_space 100%"}},
+		{"deletion without removal", []string{"dm.use_deferred_deletion=true"}, []string{"needs dm.use_deferred_removal=true"}},
+		{"several at once", []string{"dm.basesize=1M", "dm.fs=xfs", "dm.blocksize=100K"},
+			[]string{"dm.basesize", "dm.fs=xfs", "dm.blocksize"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseOptions(tc.opts)
+			require.Error(t, err)
+			assert.ErrorIs(t, err, ErrInvalidOptions)
+			for _, w := range tc.want {
+				assert.Contains(t, err.Error(), w)
+			}
+			assert.Equal(t, len(tc.want), strings.Count(err.Error(), "graphdriver: invalid options"), err.Error())
+		})
+	}
+}
+
+func TestValidateID(t *testing.T) {
+	good := []string{
+		"a", "base", "pool", "probe-1", ".hidden", "x.y", "os", "-init",
+		"2f4a5d9cbb0a1e5a6c3f3c0b8d3a7f1e2c4b6a8d0e1f2a3b4c5d6e7f8a9b0c1d-init",
+		strings.Repeat("a", MaxIDLen),
+	}
+	for _, id := range good {
+		assert.NoError(t, ValidateID(id), id)
+	}
+	bad := []string{"", ".", "..", "../x", "a/b", "/", "a..b", "x\x00y", "tab\there", "del\x7f", strings.Repeat("a", MaxIDLen+1)}
+	for _, id := range bad {
+		err := ValidateID(id)
+		assert.ErrorIs(t, err, ErrInvalidID, "%q", id)
+	}
+}
+
+// A layer id can never name the base device or anything thinpool reserves.
+func TestDeviceNamesDoNotCollide(t *testing.T) {
+	for _, id := range []string{"base", "pool", "probe-1"} {
+		assert.NotEqual(t, baseDevice, deviceName(id))
+		assert.Equal(t, "l-"+id, deviceName(id))
+		back, ok := layerID(deviceName(id))
+		assert.True(t, ok)
+		assert.Equal(t, id, back)
+	}
+	_, ok := layerID(baseDevice)
+	assert.False(t, ok)
+}
+
+func TestMountOptions(t *testing.T) {
+	flags, data := mountOptions([]string{"noatime", "nodev", "ro", "rw", "discard", "data=writeback"}, "")
+	assert.Equal(t, uintptr(0x400|0x4), flags) // MS_NOATIME|MS_NODEV, ro then rw cancels
+	assert.Equal(t, "discard,data=writeback", data)
+
+	flags, data = mountOptions(nil, "system_u:object_r:container_file_t:s0:c1,c2")
+	assert.Zero(t, flags)
+	assert.Equal(t, `context="system_u:object_r:container_file_t:s0:c1,c2"`, data)
+}
