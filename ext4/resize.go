@@ -26,6 +26,8 @@ const (
 // A regular file is checked only if e2fsck itself finds it is not mounted
 // through a loop device.
 //
+// Growing online needs CAP_SYS_RESOURCE (the kernel checks it for
+// EXT4_IOC_RESIZE_FS); without it resize2fs fails with "Permission denied".
 // Cancelling ctx kills the running program; an interrupted offline resize
 // leaves a filesystem that needs e2fsck -fy.
 func Grow(ctx context.Context, device string) error {

@@ -232,7 +232,15 @@ func TestGrowBlockDevice(t *testing.T) {
 	doMount(t)
 	payload := bytes.Repeat([]byte("dmthin "), 1000)
 	require.NoError(t, os.WriteFile(filepath.Join(mnt, "payload"), payload, 0o644))
+	sb, err := ReadSuperblockFile(dev)
+	require.NoError(t, err)
+	assert.True(t, sb.FeatureIncompat.Has(IncompatRecover), "a mounted journaled filesystem needs recovery until unmounted")
 	unmount(t)
+	sb, err = ReadSuperblockFile(dev)
+	require.NoError(t, err)
+	assert.False(t, sb.FeatureIncompat.Has(IncompatRecover), "unmounted cleanly")
+	assert.Equal(t, uint16(1), sb.MountCount)
+	assert.Equal(t, mnt, sb.LastMountedOn)
 
 	t.Run("offline after a mount", func(t *testing.T) {
 		sb, err := ReadSuperblockFile(dev)

@@ -70,6 +70,11 @@ const (
 // Superblock is the part of an ext2/3/4 primary superblock that storage code
 // needs: identity, geometry, usage, features and health. Times that were
 // never set are the zero time.Time.
+//
+// Read from a mounted filesystem it shows what the kernel last wrote: the
+// free counts lag behind (statfs has the live numbers), a journaled
+// filesystem has IncompatRecover set, and one without a journal lacks
+// StateValid.
 type Superblock struct {
 	UUID          [16]byte
 	Label         string // s_volume_name, at most 16 bytes
