@@ -1,0 +1,170 @@
+# shellcheck shell=bash
+# Sourced by hack/vm.sh: the test command.
+#
+# With a working device-mapper on the host, `go test` runs natively. Without
+# one, every package that has tests is compiled to a test binary, all of them
+# go into one initramfs, and one VM boot runs them in turn, each in a
+# directory that mirrors its package directory (with its testdata/).
+
+# vm_host_dm_usable: true when this host's device-mapper answers.
+vm_host_dm_usable() {
+	[[ -c /dev/mapper/control ]] || return 1
+	(: <>/dev/mapper/control) 2>/dev/null || return 1
+	grep -qw device-mapper /proc/devices
+}
+
+# vm_count LOG: counts go test's --- PASS/FAIL/SKIP lines (subtests too) and
+# benchmark result lines into VM_PASSED, VM_FAILED, VM_SKIPPED, VM_BENCHES.
+vm_count() {
+	VM_PASSED=$(grep -cE '^ *--- PASS: ' "$1") || true
+	VM_FAILED=$(grep -cE '^ *--- FAIL: ' "$1") || true
+	VM_SKIPPED=$(grep -cE '^ *--- SKIP: ' "$1") || true
+	VM_BENCHES=$(grep -cE '^Benchmark[^[:space:]]*[[:space:]]+[0-9]+[[:space:]]' "$1") || true
+}
+
+# vm_summary LOG STATUS: prints the closing count line and exits: non-zero
+# when STATUS is, or when no test (nor benchmark) ran at all.
+vm_summary() {
+	local log=$1 status=$2
+	vm_count "$log"
+	if ((VM_BENCHES)); then
+		echo "vm: $VM_BENCHES benchmark results"
+	fi
+	if ((status == 0 && VM_PASSED + VM_FAILED + VM_BENCHES == 0)); then
+		echo "vm: no test ran (every test was skipped or filtered out)"
+		status=1
+	fi
+	echo "vm: $VM_PASSED passed, $VM_FAILED failed, $VM_SKIPPED skipped"
+	exit "$status"
+}
+
+vm_cmd_test() {
+	local race='' run='' bench='' timeout='' short='' pkgs=()
+	while (($#)); do
+		case "$1" in
+		-race | --race) race=1; shift ;;
+		-short | --short) short=1; shift ;;
+		-v | --v) shift ;; # always verbose: the counts come from -v output
+		-run | --run) run=${2?-run needs a value}; shift 2 ;;
+		-run=* | --run=*) run=${1#*=}; shift ;;
+		-bench | --bench) bench=${2?-bench needs a value}; shift 2 ;;
+		-bench=* | --bench=*) bench=${1#*=}; shift ;;
+		-timeout | --timeout) timeout=${2?-timeout needs a value}; shift 2 ;;
+		-timeout=* | --timeout=*) timeout=${1#*=}; shift ;;
+		--) shift; pkgs+=("$@"); break ;;
+		-*) vm_die "test: unknown flag $1" ;;
+		*) pkgs+=("$1"); shift ;;
+		esac
+	done
+	((${#pkgs[@]})) || pkgs=(./...)
+	command -v go >/dev/null || vm_die "go is not in PATH"
+	vm_workdir
+	if [[ -z ${DMTHIN_VM_ALWAYS:-} ]] && vm_host_dm_usable; then
+		vm_test_native
+	else
+		vm_test_vm
+	fi
+}
+
+# vm_test_native: the host has a device-mapper: plain go test.
+vm_test_native() {
+	local args=(-v -count=1) rc=0
+	[[ -z $race ]] || args+=(-race)
+	[[ -z $short ]] || args+=(-short)
+	[[ -z $run ]] || args+=(-run "$run")
+	[[ -z $bench ]] || args+=(-bench "$bench")
+	[[ -z $timeout ]] || args+=(-timeout "$timeout")
+	vm_log "this host's device-mapper works: running the tests natively"
+	DMTHIN_REQUIRE_DM=1 go test "${args[@]}" "${pkgs[@]}" 2>&1 | tee "$VM_WORK/test.log" || rc=$?
+	vm_summary "$VM_WORK/test.log" "$rc"
+}
+
+# vm_test_vm: build the test binaries, run them all in one VM boot.
+vm_test_vm() {
+	local modroot list pkg dir has rel gdir bin start status=0 rc=0 n=0
+	local -a built=() buildfail=()
+	if [[ -n $race ]] && ! command -v "${CC:-gcc}" >/dev/null; then
+		vm_apt_install gcc libc6-dev
+	fi
+	vm_prepare
+	vm_payload_init
+	modroot=$(go list -m -f '{{.Dir}}') || vm_die "go list -m failed (not in a Go module?)"
+	list=$(go list -e -f '{{.ImportPath}}{{"\t"}}{{.Dir}}{{"\t"}}{{if or .TestGoFiles .XTestGoFiles}}yes{{else}}no{{end}}' "${pkgs[@]}") ||
+		vm_die "go list ${pkgs[*]} failed"
+	: >"$VM_PAYLOAD/dmthin/test.manifest"
+	start=$(vm_now)
+	while IFS=$'\t' read -r pkg dir has; do
+		[[ -n $pkg ]] || continue
+		if [[ $has != yes ]]; then
+			printf '?   \t%s\t[no test files]\n' "$pkg"
+			continue
+		fi
+		rel=${dir#"$modroot"}
+		rel=${rel#/}
+		gdir=/dmthin/src${rel:+/$rel}
+		bin=$(basename "$dir").test
+		mkdir -p "$VM_PAYLOAD$gdir"
+		if [[ -n $race ]]; then
+			CGO_ENABLED=1 go test -race -c -o "$VM_PAYLOAD$gdir/$bin" "$pkg" || rc=$?
+		else
+			CGO_ENABLED=0 go test -c -o "$VM_PAYLOAD$gdir/$bin" "$pkg" || rc=$?
+		fi
+		if ((rc != 0)) || [[ ! -f $VM_PAYLOAD$gdir/$bin ]]; then
+			printf 'FAIL\t%s [build failed]\n' "$pkg"
+			buildfail+=("$pkg")
+			rc=0
+			continue
+		fi
+		if [[ -d $dir/testdata ]]; then
+			cp -a "$dir/testdata" "$VM_PAYLOAD$gdir/"
+		fi
+		[[ -z $race ]] || vm_payload_libs "$VM_PAYLOAD$gdir/$bin"
+		printf '%s %s %s\n' "$pkg" "$gdir" "$bin" >>"$VM_PAYLOAD/dmthin/test.manifest"
+		built+=("$pkg")
+	done <<<"$list"
+	vm_log "built ${#built[@]} test binaries in $(vm_since "$start")s"
+
+	if ((${#built[@]} == 0)); then
+		((${#buildfail[@]})) || echo "vm: no package matching ${pkgs[*]} has tests: no test ran"
+		echo "vm: 0 passed, 0 failed, 0 skipped"
+		exit 1
+	fi
+
+	{
+		echo -test.paniconexit0
+		echo -test.v=true
+		echo -test.count=1
+		echo "-test.timeout=${timeout:-10m}"
+		[[ -z $short ]] || echo -test.short=true
+		[[ -z $run ]] || echo "-test.run=$run"
+		[[ -z $bench ]] || echo "-test.bench=$bench"
+	} >"$VM_PAYLOAD/dmthin/test.flags"
+	echo 'exec sh /usr/libexec/dmthin/run-tests /dmthin/test.manifest /dmthin/test.flags' \
+		>"$VM_PAYLOAD/dmthin/run.sh"
+	local initrd log=$VM_WORK/console.log
+	initrd=$(vm_payload_pack)
+	vm_log "booting the VM for ${#built[@]} packages ($(du -h "$initrd" | cut -f1) initramfs)"
+
+	vm_boot_batch "$initrd" "$VM_TIMEOUT" "$log" || status=$?
+	if ((status == 0)); then
+		vm_log "VM run ${VM_ELAPSED}s, /init reached at ${VM_BOOT:-?}s"
+		status=$VM_STATUS
+	else
+		# Packages that never printed their closing line did not finish.
+		for pkg in "${built[@]}"; do
+			if ! grep -qE "^(ok  |FAIL)"$'\t'"$pkg"$'\t' "$log"; then
+				printf 'FAIL\t%s [VM did not finish]\n' "$pkg"
+			fi
+		done
+	fi
+	((${#buildfail[@]} == 0)) || status=1
+	n=$(grep -cE "^FAIL"$'\t' "$log") || true
+	if ((n + ${#buildfail[@]})); then
+		echo "vm: FAILED packages:"
+		grep -E "^FAIL"$'\t' "$log" | sed 's/^/vm:   /' || true
+		for pkg in "${buildfail[@]}"; do
+			printf 'vm:   %s [build failed]\n' "$pkg"
+		done
+	fi
+	vm_summary "$log" "$status"
+}
