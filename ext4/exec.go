@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -45,24 +46,18 @@ func lookTool(name string) (string, error) {
 	return "", &ToolMissingError{Tool: name, Searched: append([]string(nil), sbinDirs...)}
 }
 
-// result is what a program printed.
-type result struct {
-	stdout, stderr []byte
-	exitCode       int
-}
-
 // run executes tool with args under ctx, with LC_ALL=C so that its messages
 // are the same everywhere. okCodes lists exit statuses other than 0 that count
 // as success (e2fsck uses 1 for "errors fixed"). On failure the error is an
 // *ExecError (or a *ToolMissingError).
-func run(ctx context.Context, tool string, okCodes []int, args ...string) (result, error) {
+func run(ctx context.Context, tool string, okCodes []int, args ...string) error {
 	path, err := lookTool(tool)
 	if err != nil {
-		return result{}, err
+		return err
 	}
 	argv := append([]string{path}, args...)
 	if err := ctx.Err(); err != nil {
-		return result{}, &ExecError{Args: argv, ExitCode: -1, Err: err}
+		return &ExecError{Args: argv, ExitCode: -1, Err: err}
 	}
 	cmd := exec.CommandContext(ctx, path, args...)
 	cmd.Env = append(os.Environ(), "LC_ALL=C")
@@ -71,30 +66,26 @@ func run(ctx context.Context, tool string, okCodes []int, args ...string) (resul
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.WaitDelay = waitDelay
 	runErr := cmd.Run()
-	res := result{stdout: stdout.Bytes(), stderr: stderr.Bytes(), exitCode: -1}
-	if cmd.ProcessState != nil {
-		res.exitCode = cmd.ProcessState.ExitCode()
-	}
 	if runErr == nil {
-		return res, nil
+		return nil
+	}
+	exitCode := -1
+	if cmd.ProcessState != nil {
+		exitCode = cmd.ProcessState.ExitCode()
 	}
 	if ctxErr := ctx.Err(); ctxErr != nil {
 		runErr = fmt.Errorf("%w (%v)", ctxErr, runErr)
 	} else {
 		var exitErr *exec.ExitError
-		if errors.As(runErr, &exitErr) && res.exitCode > 0 {
-			for _, c := range okCodes {
-				if c == res.exitCode {
-					return res, nil
-				}
-			}
+		if errors.As(runErr, &exitErr) && slices.Contains(okCodes, exitCode) {
+			return nil
 		}
 	}
-	return res, &ExecError{
+	return &ExecError{
 		Args:     argv,
-		ExitCode: res.exitCode,
-		Stderr:   capOutput(res.stderr),
-		Stdout:   capOutput(res.stdout),
+		ExitCode: exitCode,
+		Stderr:   capOutput(stderr.Bytes()),
+		Stdout:   capOutput(stdout.Bytes()),
 		Err:      runErr,
 	}
 }

@@ -31,9 +31,10 @@ type FormatOptions struct {
 	Label string
 	// ExtraArgs are mkfs.ext4 options given by the user (Docker's
 	// dm.mkfsarg), passed after the defaults so that they win. Their -E (or
-	// -R) values are appended to the default -E list, because mke2fs before
-	// 1.47.4 keeps only the last -E it is given. They must be options:
-	// positional arguments would take the device's place.
+	// -R) values are appended to the default -E list, because mke2fs keeps
+	// only the last -E it is given (1.47.0 does; accumulating several was
+	// proposed upstream in 2025). They must be options: positional
+	// arguments would take the device's place.
 	ExtraArgs []string
 }
 
@@ -125,7 +126,7 @@ func Format(ctx context.Context, device string, opts FormatOptions) error {
 	if err != nil {
 		return err
 	}
-	if _, err := run(ctx, toolMkfs, nil, args...); err != nil {
+	if err := run(ctx, toolMkfs, nil, args...); err != nil {
 		return fmt.Errorf("ext4: format %s: %w", device, err)
 	}
 	sb, err := ReadSuperblockFile(device)
@@ -133,7 +134,7 @@ func Format(ctx context.Context, device string, opts FormatOptions) error {
 		return fmt.Errorf("ext4: format %s: reading the new superblock: %w", device, err)
 	}
 	if sb.PeriodicCheck() {
-		if _, err := run(ctx, toolTune2fs, nil, "-c", "0", "-i", "0", device); err != nil {
+		if err := run(ctx, toolTune2fs, nil, "-c", "0", "-i", "0", device); err != nil {
 			return fmt.Errorf("ext4: format %s: disabling periodic checks: %w", device, err)
 		}
 	}

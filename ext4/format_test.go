@@ -51,7 +51,7 @@ func TestFormatFile(t *testing.T) {
 
 // TestFormatUserExtendedOptionsWin: the user's -E values are merged after the
 // defaults, so they override them instead of replacing the whole list (mke2fs
-// before 1.47.4 keeps only its last -E). Also shows that the lazy-table check
+// 1.47.0 keeps only its last -E). Also shows that the lazy-table check
 // of TestFormatFile can fail.
 func TestFormatUserExtendedOptionsWin(t *testing.T) {
 	requireE2fsprogs(t)

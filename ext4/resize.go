@@ -41,12 +41,12 @@ func Grow(ctx context.Context, device string) error {
 			return fmt.Errorf("ext4: grow %s: %w", device, err)
 		}
 		if !busy {
-			if _, err := run(ctx, toolFsck, []int{fsckCorrected}, "-f", "-p", device); err != nil {
+			if err := run(ctx, toolFsck, []int{fsckCorrected}, "-f", "-p", device); err != nil {
 				return fmt.Errorf("ext4: grow %s: check before resizing: %w", device, err)
 			}
 		}
 	}
-	if _, err := run(ctx, toolResize, nil, device); err != nil {
+	if err := run(ctx, toolResize, nil, device); err != nil {
 		return fmt.Errorf("ext4: grow %s: %w", device, err)
 	}
 	return nil
@@ -58,7 +58,7 @@ func Grow(ctx context.Context, device string) error {
 // Run it on an unmounted device: on a mounted one e2fsck sees a moving
 // target and may report problems that are not there.
 func Check(ctx context.Context, device string) error {
-	_, err := run(ctx, toolFsck, nil, "-f", "-n", device)
+	err := run(ctx, toolFsck, nil, "-f", "-n", device)
 	if err == nil {
 		return nil
 	}
