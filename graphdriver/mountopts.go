@@ -69,3 +69,10 @@ func mountOptions(opts []string, label string) (flags uintptr, data string) {
 	}
 	return flags, strings.Join(fsOpts, ",")
 }
+
+// selinuxEnabled reports whether SELinux is active: selinuxfs is mounted
+// where the kernel puts it.
+func selinuxEnabled() bool {
+	var st unix.Statfs_t
+	return unix.Statfs("/sys/fs/selinux", &st) == nil && uint32(st.Type) == unix.SELINUX_MAGIC
+}
