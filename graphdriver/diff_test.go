@@ -8,7 +8,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"sync"
@@ -46,11 +45,78 @@ func writeTree(t *testing.T, root string, files map[string]string) {
 	}
 }
 
-// copyTree copies src to dst keeping modes, owners, times and hard links.
+// copyTree copies src to dst keeping modes, owners, times and hard links
+// (in Go: busybox's cp -a, in the test VM, drops symlink times).
 func copyTree(t *testing.T, src, dst string) {
 	t.Helper()
-	out, err := exec.Command("cp", "-a", src, dst).CombinedOutput()
-	require.NoError(t, err, "cp -a: %s", out)
+	links := map[uint64]string{}
+	type dirTimes struct {
+		path string
+		ts   []unix.Timespec
+	}
+	var dirs []dirTimes
+	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		out := filepath.Join(dst, rel)
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		ts := []unix.Timespec{st.Atim, st.Mtim}
+		mode := st.Mode & 0o7777
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFDIR:
+			if err := os.Mkdir(out, 0o700); err != nil {
+				return err
+			}
+			dirs = append(dirs, dirTimes{out, ts})
+		case unix.S_IFREG:
+			if first, ok := links[st.Ino]; ok && st.Nlink > 1 {
+				return os.Link(first, out)
+			}
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(out, data, 0o600); err != nil {
+				return err
+			}
+			links[st.Ino] = out
+		case unix.S_IFLNK:
+			target, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			if err := os.Symlink(target, out); err != nil {
+				return err
+			}
+		case unix.S_IFIFO:
+			if err := unix.Mkfifo(out, 0o600); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("copyTree: %s: unsupported file type %o", p, st.Mode&unix.S_IFMT)
+		}
+		if err := os.Lchown(out, int(st.Uid), int(st.Gid)); err != nil {
+			return err
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFLNK {
+			if err := unix.Chmod(out, mode); err != nil {
+				return err
+			}
+		}
+		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			return nil // after its contents
+		}
+		return unix.UtimesNanoAt(unix.AT_FDCWD, out, ts, unix.AT_SYMLINK_NOFOLLOW)
+	})
+	require.NoError(t, err)
+	for i := len(dirs) - 1; i >= 0; i-- {
+		require.NoError(t, unix.UtimesNanoAt(unix.AT_FDCWD, dirs[i].path, dirs[i].ts, 0))
+	}
 }
 
 // treeState describes every entry below root the way a user comparing two

@@ -212,11 +212,9 @@ func (d *Driver) createLocked(ctx context.Context, id, parent string, size int64
 			return fmt.Errorf("%w: %q", ErrExists, id)
 		}
 		// A deferred deletion of the same id: finish it if it can be.
-		if perr := d.pool.ProcessDeferred(ctx); perr != nil {
-			d.log.WithError(perr).Debug("deferred deletions still pending")
-		}
+		perr := d.pool.ProcessDeferred(ctx)
 		if _, err := d.pool.Get(name); err == nil {
-			return fmt.Errorf("%w: %q is still being deleted (its device is busy)", ErrExists, id)
+			return fmt.Errorf("%w: %q is still being deleted (its device is busy): %w", ErrExists, id, perr)
 		}
 	} else if !errors.Is(err, thinpool.ErrNotFound) {
 		return fmt.Errorf("graphdriver: create %q: %w", id, err)

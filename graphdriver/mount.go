@@ -105,11 +105,11 @@ func (d *Driver) Get(id, mountLabel string) (string, error) {
 	}
 	flags, data := mountOptions(d.cfg.MountOptions, mountLabel)
 	if err := mountDevice(node, mp, d.cfg.Filesystem, flags, data); err != nil {
-		return "", errors.Join(fmt.Errorf("graphdriver: get %q: %w", id, err), d.pool.Deactivate(ctx, name, false))
+		return "", errors.Join(fmt.Errorf("graphdriver: get %q: %w", id, err), removeIfEmpty(mp), d.pool.Deactivate(ctx, name, false))
 	}
 	if fi, err := os.Lstat(root); err != nil || !fi.IsDir() {
 		err = fmt.Errorf("graphdriver: get %q: the layer's filesystem has no %s directory (not made by this driver?)", id, rootfsDir)
-		return "", errors.Join(err, unmount(mp, false), d.pool.Deactivate(ctx, name, false))
+		return "", errors.Join(err, unmount(mp, false), removeIfEmpty(mp), d.pool.Deactivate(ctx, name, false))
 	}
 	d.setMount(id, &mount{refs: 1})
 	d.log.WithFields(logrus.Fields{"id": id, "device": node}).Debug("layer mounted")
@@ -155,10 +155,15 @@ func (d *Driver) Put(id string) error {
 // mount still busy after the retries is detached lazily (the kernel
 // finishes when its last user leaves).
 func (d *Driver) unmountLocked(id string, detachIfBusy bool) error {
-	if err := unmount(d.mountPoint(id), detachIfBusy); err != nil {
+	mp := d.mountPoint(id)
+	if err := unmount(mp, detachIfBusy); err != nil {
 		return err
 	}
 	d.setMount(id, nil)
+	// mnt/ holds the mount points of mounted layers only.
+	if err := os.Remove(mp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		d.log.WithError(err).WithField("id", id).Debug("mount point left behind")
+	}
 	return nil
 }
 
@@ -177,7 +182,20 @@ func (d *Driver) growLocked(ctx context.Context, id, name string) error {
 		return errors.Join(err, d.pool.Deactivate(ctx, name, false))
 	}
 	gerr := ext4.Grow(ctx, node)
-	return errors.Join(gerr, unmount(mp, false), d.pool.Deactivate(ctx, name, false))
+	uerr := unmount(mp, false)
+	if uerr == nil {
+		uerr = os.Remove(mp)
+	}
+	return errors.Join(gerr, uerr, d.pool.Deactivate(ctx, name, false))
+}
+
+// removeIfEmpty removes an empty mount point directory; one that is not
+// there is fine.
+func removeIfEmpty(dir string) error {
+	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
 }
 
 // mountDevice mounts the block device node at mp, making mp if needed.
