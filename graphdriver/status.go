@@ -63,6 +63,18 @@ func (d *Driver) Status() [][2]string {
 	)
 }
 
+// PoolStatus is the thin pool's status in numbers (bytes of data and
+// metadata used and total, mode, deferred deletions...), for engines that
+// export metrics; Status gives the same as text.
+func (d *Driver) PoolStatus(ctx context.Context) (thinpool.Status, error) {
+	done, err := d.enter()
+	if err != nil {
+		return thinpool.Status{}, err
+	}
+	defer done()
+	return d.pool.Status(ctx)
+}
+
 func (d *Driver) layerCount() (int, error) {
 	devs, err := d.pool.List()
 	if err != nil {
