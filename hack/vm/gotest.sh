@@ -39,7 +39,7 @@ vm_summary() {
 }
 
 vm_cmd_test() {
-	local race='' run='' bench='' timeout='' short='' pkgs=()
+	local race='' run='' skip='' bench='' timeout='' short='' pkgs=()
 	while (($#)); do
 		case "$1" in
 		-race | --race) race=1; shift ;;
@@ -47,6 +47,8 @@ vm_cmd_test() {
 		-v | --v) shift ;; # always verbose: the counts come from -v output
 		-run | --run) run=${2?-run needs a value}; shift 2 ;;
 		-run=* | --run=*) run=${1#*=}; shift ;;
+		-skip | --skip) skip=${2?-skip needs a value}; shift 2 ;;
+		-skip=* | --skip=*) skip=${1#*=}; shift ;;
 		-bench | --bench) bench=${2?-bench needs a value}; shift 2 ;;
 		-bench=* | --bench=*) bench=${1#*=}; shift ;;
 		-timeout | --timeout) timeout=${2?-timeout needs a value}; shift 2 ;;
@@ -72,6 +74,7 @@ vm_test_native() {
 	[[ -z $race ]] || args+=(-race)
 	[[ -z $short ]] || args+=(-short)
 	[[ -z $run ]] || args+=(-run "$run")
+	[[ -z $skip ]] || args+=(-skip "$skip")
 	[[ -z $bench ]] || args+=(-bench "$bench")
 	[[ -z $timeout ]] || args+=(-timeout "$timeout")
 	vm_log "this host's device-mapper works: running the tests natively"
@@ -137,6 +140,7 @@ vm_test_vm() {
 		echo "-test.timeout=${timeout:-10m}"
 		[[ -z $short ]] || echo -test.short=true
 		[[ -z $run ]] || echo "-test.run=$run"
+		[[ -z $skip ]] || echo "-test.skip=$skip"
 		[[ -z $bench ]] || echo "-test.bench=$bench"
 	} >"$VM_PAYLOAD/dmthin/test.flags"
 	echo 'exec sh /usr/libexec/dmthin/run-tests /dmthin/test.manifest /dmthin/test.flags' \

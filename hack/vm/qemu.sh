@@ -17,7 +17,7 @@ vm_qemu_cmd() {
 		-smp "$VM_SMP" -m "$VM_MEM"
 		-nodefaults -no-user-config -display none -no-reboot
 		-kernel "$kernel" -initrd "$initrd"
-		-append "console=ttyS0 quiet panic=-1 mitigations=off loop.max_loop=8 dmthin.mode=$mode ${DMTHIN_VM_APPEND:-}"
+		-append "console=ttyS0 quiet panic=-1 oops=panic mitigations=off loop.max_loop=8 dmthin.mode=$mode ${DMTHIN_VM_APPEND:-}"
 	)
 }
 
@@ -43,7 +43,7 @@ vm_payload_libs() {
 		vm_die "$1: ldd cannot find a library: $(ldd "$1" | grep 'not found')"
 	fi
 	for lib in $(LC_ALL=C ldd "$1" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }'); do
-		vm_stage_add "$VM_PAYLOAD" "$lib" "${VM_BASE%.cpio.gz}.list"
+		vm_stage_add "$VM_PAYLOAD" "$lib" "$VM_WORK/base.list"
 	done
 }
 

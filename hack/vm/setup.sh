@@ -133,12 +133,20 @@ vm_ensure_kernel() {
 
 # vm_prepare [refresh]: what every command needs first: the host packages,
 # the kernel and the base initramfs (its path left in VM_BASE).
-VM_BASE=
+VM_BASE='' VM_BASE_CACHED=''
 vm_prepare() {
 	vm_apt_install "${VM_HOST_PACKAGES[@]}"
 	vm_lock
 	vm_ensure_kernel "${1:-}"
 	VM_BASE=$(vm_ensure_base)
+	VM_BASE_CACHED=$VM_BASE
+	# A private link: another run may replace the cached base meanwhile.
+	vm_workdir
+	ln -f "$VM_BASE" "$VM_WORK/base.cpio.gz" 2>/dev/null ||
+		cp "$VM_BASE" "$VM_WORK/base.cpio.gz" || vm_die "cannot copy $VM_BASE"
+	ln -f "${VM_BASE%.cpio.gz}.list" "$VM_WORK/base.list" 2>/dev/null ||
+		cp "${VM_BASE%.cpio.gz}.list" "$VM_WORK/base.list" || vm_die "cannot copy the base list"
+	VM_BASE=$VM_WORK/base.cpio.gz
 	vm_unlock
 }
 
@@ -151,5 +159,5 @@ vm_setup() {
 	*) vm_die "setup: unknown argument $1 (only --refresh)" ;;
 	esac
 	vm_prepare "$refresh"
-	vm_log "ready: kernel $(basename "$(vm_kernel_dir)"), base initramfs $VM_BASE"
+	vm_log "ready: kernel $(basename "$(vm_kernel_dir)"), base initramfs $VM_BASE_CACHED"
 }
