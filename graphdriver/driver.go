@@ -20,8 +20,9 @@ import (
 // DriverName is what String returns.
 const DriverName = "dmthin"
 
-// deferredInterval is how often deferred deletions are retried.
-const deferredInterval = 30 * time.Second
+// deferredInterval is how often deferred deletions are retried. A variable
+// so that tests can shorten it.
+var deferredInterval = 30 * time.Second
 
 // Driver is the storage driver. Its methods are safe for concurrent use;
 // calls for one layer id are serialised.

@@ -16,11 +16,13 @@ var (
 	// deferred and has not happened yet).
 	ErrExists = errors.New("graphdriver: layer exists")
 	// ErrInvalidOptions: an unknown or malformed dm.* option, options that
-	// contradict each other, or an unknown or bad storage option on Create.
+	// contradict each other or the existing pool (a dm.basesize below the
+	// base device's size), or an unknown or bad storage option on Create
+	// (a size below the base device's).
 	ErrInvalidOptions = errors.New("graphdriver: invalid options")
 	// ErrBaseMismatch: the base device found in the pool is not the one
 	// this home recorded (a different pool behind the same home), or the
-	// requested base size is smaller than the existing base.
+	// record of it is missing while layers exist.
 	ErrBaseMismatch = errors.New("graphdriver: base device does not match")
 	// ErrBusy: the layer's device is held by someone else (mounted
 	// elsewhere, open) and could not be removed now.

@@ -195,6 +195,27 @@ func TestDeferredDeletion(t *testing.T) {
 	assert.True(t, d.Exists("busy"))
 }
 
+// The background worker finishes deferred deletions without being asked.
+func TestDeferredDeletionWorker(t *testing.T) {
+	old := deferredInterval
+	deferredInterval = 50 * time.Millisecond
+	t.Cleanup(func() { deferredInterval = old })
+	d := openDriver(t, newHome(t), "dm.use_deferred_removal=true", "dm.use_deferred_deletion=true")
+	require.NoError(t, d.Create("busy", "", nil))
+	f := holdDevice(t, d, "busy")
+	require.NoError(t, d.Put("busy"))
+	require.NoError(t, d.Remove("busy"))
+	assert.Equal(t, "1", statusMap(d)["Deferred Deleted Device Count"])
+	f.closeAndWaitGone(t)
+	deadline := time.Now().Add(10 * time.Second)
+	for statusMap(d)["Deferred Deleted Device Count"] != "0" {
+		require.True(t, time.Now().Before(deadline), "the deferred deletion was not retried within 10s")
+		time.Sleep(20 * time.Millisecond)
+	}
+	devs := layerDevices(t, d)
+	assert.NotContains(t, devs, deviceName("busy"), "the device was deleted from the pool")
+}
+
 // A pool over given block devices: dm.datadev and dm.metadatadev.
 func TestPoolOnDevices(t *testing.T) {
 	testenv.RequireDM(t)
