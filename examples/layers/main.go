@@ -14,11 +14,17 @@
 // It needs root and a kernel with dm-thin-pool. On a machine without one,
 // run it in the project's test VM:
 //
-//	CGO_ENABLED=0 go build -o /tmp/layers ./examples/layers
-//	hack/vm.sh run --file /tmp/layers:/layers -- /layers -opt dm.loopdatasize=8G
+//	make demo
 //
-// (The VM's /tmp is a tmpfs of a few GB: too small for Docker's default
-// 100GB pool, which wants 10% of it free.)
+// or by hand:
+//
+//	CGO_ENABLED=0 go build -o /tmp/layers ./examples/layers
+//	hack/vm.sh run --file /tmp/layers:/layers -- /layers
+//
+// Without -opt, the pool is Docker's default loopback pool (100GB, sparse),
+// unless the filesystem holding the home is too small for it (the VM's /tmp
+// is a tmpfs of a few GB): then the demo picks a smaller dm.loopdatasize
+// and says so.
 package main
 
 import (
@@ -31,6 +37,7 @@ import (
 
 	"github.com/docker/go-units"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 
 	"github.com/dmthin/dmthin/graphdriver"
 	"github.com/dmthin/dmthin/thinpool"
@@ -62,7 +69,7 @@ func run(home string, keep, verbose bool, opts []string) (err error) {
 	if _, err := os.Stat("/dev/mapper/control"); err != nil && !deviceMapperListed() {
 		return errors.New("this kernel has no device-mapper; run the demo in the test VM:\n" +
 			"  CGO_ENABLED=0 go build -o /tmp/layers ./examples/layers\n" +
-			"  hack/vm.sh run --file /tmp/layers:/layers -- /layers -opt dm.loopdatasize=8G")
+			"  make demo")
 	}
 	madeHome := false
 	if home == "" {
@@ -79,7 +86,11 @@ func run(home string, keep, verbose bool, opts []string) (err error) {
 
 	out := newPrinter()
 	out.title("dmthin: a container's layers as thin snapshots")
-	out.para("Driver home: %s\nOptions: %s", home, orNone(opts))
+	note := ""
+	if len(opts) == 0 {
+		opts, note = fitPool(home)
+	}
+	out.para("Driver home: %s\nOptions: %s%s", home, orNone(opts), note)
 
 	d, err := graphdriver.Init(home, opts, log)
 	var space *thinpool.SpaceError
@@ -96,6 +107,28 @@ func run(home string, keep, verbose bool, opts []string) (err error) {
 		err = errors.Join(err, demo.finish(keep, madeHome))
 	}()
 	return demo.run()
+}
+
+// fitPool picks a smaller loopback pool when the filesystem holding home
+// cannot take Docker's default one: 100GB, of which 10% must stay free
+// (the test VM's /tmp is a tmpfs of a few GB). It says what it chose.
+func fitPool(home string) ([]string, string) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(home, &st); err != nil {
+		return nil, ""
+	}
+	free := int64(st.Bavail) * st.Bsize
+	const need = 12 * units.GiB // 10% of 100GB, the base device, room to write
+	if free >= need {
+		return nil, ""
+	}
+	gib := free * 4 / units.GiB // the pool's 10% then fits in well under half the free space
+	if gib < 1 {
+		return nil, ""
+	}
+	return []string{fmt.Sprintf("dm.loopdatasize=%dG", gib)}, fmt.Sprintf(
+		"\n  (chosen by the demo: %s is free where the home is, too little for Docker's\n"+
+			"  default 100GB pool, which keeps 10%% of its space free)", size(free))
 }
 
 func orNone(opts []string) string {
