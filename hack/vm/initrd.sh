@@ -3,7 +3,7 @@
 #
 # The initramfs is two newc cpio archives back to back (the kernel unpacks
 # them in turn):
-#   base    busybox, /init, the kernel modules in load order, the real
+#   base    busybox, dash, /init, the kernel modules in load order, the real
 #           filesystem and thin-provisioning tools with the libraries ldd
 #           lists for them. Built once and cached in $VM_CACHE/initrd, keyed
 #           by everything that goes into it.
@@ -22,9 +22,10 @@ VM_TOOLS_REQUIRED=(
 )
 VM_TOOLS_OPTIONAL=(findmnt lsblk wipefs fallocate e2image xfs_spaceman thin_trim)
 
-# Kernel modules to load: "-" required, "?" optional; then module parameters.
-# Their dependencies are found from each module's depends= field and loaded
-# first. Modules built into the kernel are skipped.
+# Kernel modules to load: "-" required, "?" optional, "&" required but loaded
+# in the background (see hack/vm/init); then module parameters. Their
+# dependencies are found from each module's depends= field and loaded first.
+# Modules built into the kernel are skipped.
 VM_MODULES=(
 	"? crc32c-intel"
 	"- dm-mod"
@@ -34,7 +35,7 @@ VM_MODULES=(
 	"- dm-zero"
 	"- loop max_loop=8"
 	"- ext4"
-	"- xfs"
+	"& xfs"
 	"? virtio_pci"
 	"? virtio_blk"
 )
@@ -176,7 +177,7 @@ vm_stage_modules() {
 vm_base_key() {
 	local t p
 	{
-		cat "$VM_HACK/vm/init" "$VM_HACK/vm/run-tests" "$VM_HACK/vm/initrd.sh"
+		cat "$VM_HACK/vm/init" "$VM_HACK/vm/run-tests" "$VM_HACK/vm/modprobe" "$VM_HACK/vm/initrd.sh"
 		echo "$1"
 		for t in busybox "${VM_TOOLS_REQUIRED[@]}" "${VM_TOOLS_OPTIONAL[@]}"; do
 			p=$(vm_tool_path "$t") && stat -L -c '%n %s %Y' "$p"
@@ -191,8 +192,8 @@ vm_ensure_base() {
 	local kdir key out stage t p a
 	kdir=$(vm_kernel_dir) || vm_die "no kernel in $VM_CACHE; run hack/vm.sh setup"
 	key=$(vm_base_key "$kdir")
-	out=$VM_CACHE/initrd/base-$key.cpio.gz
-	if [[ -f $out && -f ${out%.cpio.gz}.list && -z ${DMTHIN_VM_REBUILD:-} ]]; then
+	out=$VM_CACHE/initrd/base-$key.cpio
+	if [[ -f $out && -f ${out%.cpio}.list && -z ${DMTHIN_VM_REBUILD:-} ]]; then
 		echo "$out"
 		return 0
 	fi
@@ -223,6 +224,7 @@ vm_ensure_base() {
 	install -m 0755 "$VM_HACK/vm/init" "$stage/init"
 	mkdir -p "$stage/usr/libexec/dmthin"
 	install -m 0755 "$VM_HACK/vm/run-tests" "$stage/usr/libexec/dmthin/run-tests"
+	install -m 0755 "$VM_HACK/vm/modprobe" "$stage/usr/libexec/dmthin/modprobe"
 	printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$stage/etc/passwd"
 	printf 'root:x:0:\ntty:x:5:\ndisk:x:6:\nnogroup:x:65534:\n' >"$stage/etc/group"
 	: >"$stage/etc/fstab"
@@ -240,16 +242,15 @@ vm_ensure_base() {
 	} >"$stage/etc/profile"
 
 	(cd "$stage" && find . -mindepth 1 | LC_ALL=C sort) >"$stage.list"
-	vm_cpio "$stage" | gzip -1 >"$stage.cpio.gz" || vm_die "packing the base initramfs failed"
-	# The kernel reads an uncompressed archive after a compressed one only
-	# from a 4-byte boundary; zeros in between are skipped.
-	truncate -s %512 "$stage.cpio.gz"
+	# Not compressed: under emulation the kernel unpacks a plain archive
+	# faster than it inflates a gzip'd one (22 MB vs 9 MB, measured).
+	vm_cpio "$stage" >"$stage.cpio" || vm_die "packing the base initramfs failed"
 	rm -rf "$stage"
-	mv "$stage.list" "${out%.cpio.gz}.list"
-	mv "$stage.cpio.gz" "$out"
+	mv "$stage.list" "${out%.cpio}.list"
+	mv "$stage.cpio" "$out"
 	# Older bases are of no use any more.
 	for p in "$VM_CACHE"/initrd/base-*; do
-		[[ $p == "$out" || $p == "${out%.cpio.gz}.list" ]] || rm -f "$p"
+		[[ $p == "$out" || $p == "${out%.cpio}.list" ]] || rm -f "$p"
 	done
 	vm_log "base initramfs: $(du -h "$out" | cut -f1) (kernel $(basename "$kdir"))"
 	echo "$out"

@@ -8,7 +8,10 @@ vm_qemu_cmd() {
 	kdir=$(vm_kernel_dir) || vm_die "no kernel cached; run hack/vm.sh setup"
 	kernel=$(compgen -G "$kdir/boot/vmlinuz-*" | head -n 1)
 	# Under TCG, 5-level paging (la57, which -cpu max offers) makes the guest
-	# markedly slower, boot and tests alike: turned off by default.
+	# markedly slower, boot and tests alike: turned off by default. The
+	# kernel's crypto self-tests cost up to a second of boot: skipped.
+	# oops=panic: after an oops nothing the tests see can be trusted; the VM
+	# stops at once and the host reports it instead of waiting for timeouts.
 	VM_QEMU=(
 		qemu-system-x86_64
 		-machine pc
@@ -17,7 +20,7 @@ vm_qemu_cmd() {
 		-smp "$VM_SMP" -m "$VM_MEM"
 		-nodefaults -no-user-config -display none -no-reboot
 		-kernel "$kernel" -initrd "$initrd"
-		-append "console=ttyS0 quiet panic=-1 oops=panic mitigations=off loop.max_loop=8 dmthin.mode=$mode ${DMTHIN_VM_APPEND:-}"
+		-append "console=ttyS0 quiet panic=-1 oops=panic mitigations=off cryptomgr.notests loop.max_loop=8 dmthin.mode=$mode ${DMTHIN_VM_APPEND:-}"
 	)
 }
 

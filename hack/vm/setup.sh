@@ -18,7 +18,6 @@ VM_HOST_PACKAGES=(
 	util-linux              # blkdiscard, blockdev, flock
 	mount                   # losetup, mount, umount
 	kmod                    # modinfo, to order the kernel modules
-	gzip                    # initramfs compression
 )
 
 # The meta package whose dependency names the kernel to boot.
@@ -142,11 +141,11 @@ vm_prepare() {
 	VM_BASE_CACHED=$VM_BASE
 	# A private link: another run may replace the cached base meanwhile.
 	vm_workdir
-	ln -f "$VM_BASE" "$VM_WORK/base.cpio.gz" 2>/dev/null ||
-		cp "$VM_BASE" "$VM_WORK/base.cpio.gz" || vm_die "cannot copy $VM_BASE"
-	ln -f "${VM_BASE%.cpio.gz}.list" "$VM_WORK/base.list" 2>/dev/null ||
-		cp "${VM_BASE%.cpio.gz}.list" "$VM_WORK/base.list" || vm_die "cannot copy the base list"
-	VM_BASE=$VM_WORK/base.cpio.gz
+	ln -f "$VM_BASE" "$VM_WORK/base.cpio" 2>/dev/null ||
+		cp "$VM_BASE" "$VM_WORK/base.cpio" || vm_die "cannot copy $VM_BASE"
+	ln -f "${VM_BASE%.cpio}.list" "$VM_WORK/base.list" 2>/dev/null ||
+		cp "${VM_BASE%.cpio}.list" "$VM_WORK/base.list" || vm_die "cannot copy the base list"
+	VM_BASE=$VM_WORK/base.cpio
 	vm_unlock
 }
 
