@@ -209,13 +209,13 @@ func (d *Driver) storageSize(opts *CreateOpts) (int64, error) {
 func (d *Driver) createLocked(ctx context.Context, id, parent string, size int64) error {
 	name := deviceName(id)
 	if dev, err := d.pool.Get(name); err == nil {
-		if !dev.DeferredDelete {
+		if !deleting(dev) {
 			return fmt.Errorf("%w: %q", ErrExists, id)
 		}
-		// A deferred deletion of the same id: finish it if it can be.
-		perr := d.pool.ProcessDeferred(ctx)
+		// A pending deletion of the same id: finish it if it can be.
+		perr := d.retryDeletions(ctx)
 		if _, err := d.pool.Get(name); err == nil {
-			return fmt.Errorf("%w: %q is still being deleted (its device is busy): %w", ErrExists, id, perr)
+			return fmt.Errorf("%w: %q is still being deleted: %w", ErrExists, id, perr)
 		}
 	} else if !errors.Is(err, thinpool.ErrNotFound) {
 		return fmt.Errorf("graphdriver: create %q: %w", id, err)
@@ -226,7 +226,7 @@ func (d *Driver) createLocked(ctx context.Context, id, parent string, size int64
 		parentDev = deviceName(parent)
 	}
 	pdev, err := d.pool.Get(parentDev)
-	if errors.Is(err, thinpool.ErrNotFound) || (err == nil && pdev.DeferredDelete) {
+	if errors.Is(err, thinpool.ErrNotFound) || (err == nil && deleting(pdev)) {
 		return fmt.Errorf("%w: %q (creating %q)", ErrParentNotFound, parent, id)
 	}
 	if err != nil {
@@ -282,7 +282,7 @@ func (d *Driver) Remove(id string) error {
 		return fmt.Errorf("graphdriver: remove %q: %w", id, err)
 	}
 	if dev.DeferredDelete {
-		return nil
+		return nil // its deletion waits for the device to be closed
 	}
 	if m := d.mountOf(id); m != nil {
 		if m.refs > 0 {
@@ -323,7 +323,7 @@ func (d *Driver) Exists(id string) bool {
 		return false
 	}
 	dev, err := d.pool.Get(deviceName(id))
-	return err == nil && !dev.DeferredDelete && dev.State == thinpool.StateReady
+	return err == nil && dev.State == thinpool.StateReady
 }
 
 // Cleanup unmounts every layer, deactivates every device and, unless the
@@ -356,6 +356,35 @@ func (d *Driver) Cleanup() error {
 	return nil
 }
 
+// deleting reports whether a device is on its way out: its deletion is
+// deferred until it is closed, or was started and did not finish.
+func deleting(dev thinpool.Device) bool {
+	return dev.DeferredDelete || dev.State == thinpool.StateDeleting
+}
+
+// retryDeletions finishes the deletions that can be finished now: deferred
+// ones whose device was closed (thinpool's ProcessDeferred), and layers
+// whose deletion the pool started but could not finish. The latter happens
+// when a deferred removal has just fired: the kernel removes the device in
+// a work queue, and until its table is torn down the pool refuses to delete
+// the thin device (EBUSY); thinpool then leaves the record "deleting" for
+// its next Open, and retrying the delete settles it now.
+func (d *Driver) retryDeletions(ctx context.Context) error {
+	errs := []error{d.pool.ProcessDeferred(ctx)}
+	devs, err := d.pool.List()
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	for _, dev := range devs {
+		if _, ok := layerID(dev.Name); ok && dev.State == thinpool.StateDeleting {
+			if err := d.pool.Delete(ctx, dev.Name, thinpool.DeleteOptions{}); err != nil && !errors.Is(err, thinpool.ErrNotFound) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // startDeferredWorker retries deferred deletions every deferredInterval
 // until Cleanup.
 func (d *Driver) startDeferredWorker() {
@@ -376,8 +405,8 @@ func (d *Driver) startDeferredWorker() {
 			if err != nil {
 				return
 			}
-			if err := d.pool.ProcessDeferred(ctx); err != nil {
-				d.log.WithError(err).Debug("deferred deletions still pending")
+			if err := d.retryDeletions(ctx); err != nil {
+				d.log.WithError(err).Debug("deletions still pending")
 			}
 			done()
 		}

@@ -41,7 +41,7 @@ func (d *Driver) Status() [][2]string {
 	default:
 		out = append(out, [2]string{"Data file", s.DataDevice}, [2]string{"Metadata file", s.MetadataDevice})
 	}
-	layers, err := d.layerCount()
+	layers, pending, err := d.layerCount()
 	if err != nil {
 		out = append(out, [2]string{"Error", err.Error()})
 	}
@@ -58,7 +58,7 @@ func (d *Driver) Status() [][2]string {
 		[2]string{"Layers", strconv.Itoa(layers)},
 		[2]string{"Deferred Removal Enabled", yesNo(d.cfg.DeferredRemoval)},
 		[2]string{"Deferred Deletion Enabled", yesNo(d.cfg.DeferredDeletion)},
-		[2]string{"Deferred Deleted Device Count", strconv.Itoa(s.DeferredDeletes)},
+		[2]string{"Deferred Deleted Device Count", strconv.Itoa(pending)},
 		[2]string{"Discard On Removal", yesNo(d.cfg.blkDiscard())},
 	)
 }
@@ -75,18 +75,24 @@ func (d *Driver) PoolStatus(ctx context.Context) (thinpool.Status, error) {
 	return d.pool.Status(ctx)
 }
 
-func (d *Driver) layerCount() (int, error) {
+// layerCount counts the layers, and the layer devices whose deletion is
+// pending (deferred, or started and not finished).
+func (d *Driver) layerCount() (layers, pending int, err error) {
 	devs, err := d.pool.List()
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	n := 0
 	for _, dev := range devs {
-		if _, ok := layerID(dev.Name); ok && !dev.DeferredDelete {
-			n++
+		if _, ok := layerID(dev.Name); !ok {
+			continue
+		}
+		if deleting(dev) {
+			pending++
+		} else {
+			layers++
 		}
 	}
-	return n, nil
+	return layers, pending, nil
 }
 
 // GetMetadata describes layer id's device: "DeviceId" (its thin id in the
@@ -103,7 +109,7 @@ func (d *Driver) GetMetadata(id string) (map[string]string, error) {
 		return nil, err
 	}
 	dev, err := d.pool.Get(deviceName(id))
-	if err != nil || dev.DeferredDelete {
+	if err != nil || deleting(dev) {
 		if err == nil || isNotFound(err) {
 			return nil, fmt.Errorf("%w: %q", ErrNotFound, id)
 		}
