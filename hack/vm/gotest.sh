@@ -145,30 +145,94 @@ vm_test_vm() {
 	} >"$VM_PAYLOAD/dmthin/test.flags"
 	echo 'exec sh /usr/libexec/dmthin/run-tests /dmthin/test.manifest /dmthin/test.flags' \
 		>"$VM_PAYLOAD/dmthin/run.sh"
-	local initrd log=$VM_WORK/console.log
-	initrd=$(vm_payload_pack)
-	vm_log "booting the VM for ${#built[@]} packages ($(du -h "$initrd" | cut -f1) initramfs)"
+	cp "$VM_PAYLOAD/dmthin/test.manifest" "$VM_WORK/manifest.all"
+	VM_PKG_FAILED=("${buildfail[@]/%/ [build failed]}")
+	vm_test_boots "${built[@]}" || status=$?
+	((${#VM_PKG_FAILED[@]} == 0)) || status=1
+	n=$(grep -cE "^FAIL"$'\t' "$VM_WORK/console.log") || true
+	if ((n + ${#VM_PKG_FAILED[@]})); then
+		echo "vm: FAILED packages:"
+		grep -E "^FAIL"$'\t' "$VM_WORK/console.log" | sed 's/^/vm:   /' || true
+		for pkg in "${VM_PKG_FAILED[@]}"; do
+			printf 'vm:   FAIL\t%s\n' "$pkg"
+		done
+	fi
+	vm_summary "$VM_WORK/console.log" "$status"
+}
 
-	vm_boot_batch "$initrd" "$VM_TIMEOUT" "$log" || status=$?
-	if ((status == 0)); then
-		vm_log "VM run ${VM_ELAPSED}s, /init reached at ${VM_BOOT:-?}s"
-		status=$VM_STATUS
-	else
-		# Packages that never printed their closing line did not finish.
-		for pkg in "${built[@]}"; do
-			if ! grep -qE "^(ok  |FAIL)"$'\t'"$pkg"$'\t' "$log"; then
-				printf 'FAIL\t%s [VM did not finish]\n' "$pkg"
+# vm_test_boots PKG...: boots the VM to run the packages' test binaries (all
+# in $VM_PAYLOAD, listed in $VM_WORK/manifest.all). If the guest kernel dies
+# (an oops, with oops=panic), the package that was running fails and the VM
+# boots again for the packages that had not run, so one kernel crash does not
+# hide the other packages' results. All console output goes to
+# $VM_WORK/console.log; packages failed here are added to VM_PKG_FAILED.
+# Returns non-zero when a package failed or the VM did not finish.
+vm_test_boots() {
+	local todo=("$@") deadline=$((SECONDS + VM_TIMEOUT)) boot=0 status=0 rc
+	local initrd base_initrd log running pkg left=()
+	local all=$VM_WORK/console.log
+	: >"$all"
+	base_initrd=$(vm_payload_pack)
+	while ((${#todo[@]})); do
+		boot=$((boot + 1))
+		initrd=$base_initrd
+		if ((boot > 1)); then
+			# A later archive's manifest replaces the first one.
+			rm -rf "$VM_WORK/again"
+			mkdir -p "$VM_WORK/again/dmthin"
+			for pkg in "${todo[@]}"; do
+				awk -v p="$pkg" '$1 == p' "$VM_WORK/manifest.all"
+			done >"$VM_WORK/again/dmthin/test.manifest"
+			initrd=$VM_WORK/initrd.$boot.img
+			{ cat "$base_initrd" && vm_cpio "$VM_WORK/again"; } >"$initrd" ||
+				vm_die "packing the initramfs failed"
+			vm_log "booting the VM again for the ${#todo[@]} packages left"
+		else
+			vm_log "booting the VM for ${#todo[@]} packages ($(du -h "$initrd" | cut -f1) initramfs)"
+		fi
+		if ((deadline - SECONDS <= 0)); then
+			rc=124
+		else
+			log=$VM_WORK/console.$boot.log
+			rc=0
+			vm_boot_batch "$initrd" "$((deadline - SECONDS))" "$log" || rc=$?
+			cat "$log" >>"$all"
+		fi
+		if ((rc == 0)); then
+			vm_log "VM run ${VM_ELAPSED}s, /init reached at ${VM_BOOT:-?}s"
+			((VM_STATUS == 0)) || status=1
+			return "$status"
+		fi
+		status=1
+		# Which package was running, and which never started?
+		running='' left=()
+		for pkg in "${todo[@]}"; do
+			if grep -qE "^(ok  |FAIL)"$'\t'"$pkg"$'\t' "$log" 2>/dev/null; then
+				continue
+			elif grep -qxF "=== PKG $pkg" "$log" 2>/dev/null; then
+				running=$pkg
+			else
+				left+=("$pkg")
 			fi
 		done
-	fi
-	((${#buildfail[@]} == 0)) || status=1
-	n=$(grep -cE "^FAIL"$'\t' "$log") || true
-	if ((n + ${#buildfail[@]})); then
-		echo "vm: FAILED packages:"
-		grep -E "^FAIL"$'\t' "$log" | sed 's/^/vm:   /' || true
-		for pkg in "${buildfail[@]}"; do
-			printf 'vm:   %s [build failed]\n' "$pkg"
-		done
-	fi
-	vm_summary "$log" "$status"
+		if ((rc == 124)); then
+			for pkg in ${running:+"$running"} "${left[@]}"; do
+				printf 'FAIL\t%s [the VM timed out]\n' "$pkg"
+				VM_PKG_FAILED+=("$pkg [the VM timed out]")
+			done
+			return 1
+		fi
+		if [[ -z $running ]]; then
+			# It died before any package started: booting again would too.
+			for pkg in "${left[@]}"; do
+				printf 'FAIL\t%s [the VM died before it ran]\n' "$pkg"
+				VM_PKG_FAILED+=("$pkg [the VM died before it ran]")
+			done
+			return 1
+		fi
+		printf 'FAIL\t%s [the VM kernel died during its tests]\n' "$running"
+		VM_PKG_FAILED+=("$running [the VM kernel died during its tests]")
+		todo=("${left[@]}")
+	done
+	return "$status"
 }
