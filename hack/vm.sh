@@ -45,8 +45,9 @@ DMTHIN_VM_MEM (MB, 4096), DMTHIN_VM_SMP (2), DMTHIN_VM_TIMEOUT (s, 1800),
 DMTHIN_VM_ALWAYS=1 (use the VM even if the host has a device-mapper),
 DMTHIN_VM_APPEND (extra kernel arguments), DMTHIN_VM_ACCEL (QEMU -accel,
 default tcg,thread=multi), DMTHIN_VM_CPU (QEMU -cpu, default max,la57=off),
-DMTHIN_VM_KEEP=1 (keep the work directory), DMTHIN_VM_REBUILD=1 (rebuild the
-base initramfs).
+DMTHIN_VM_TMP (guest /tmp: disk, a fresh ext4 scratch image, or tmpfs),
+DMTHIN_VM_DISK (scratch image size, 20G), DMTHIN_VM_KEEP=1 (keep the work
+directory), DMTHIN_VM_REBUILD=1 (rebuild the base initramfs).
 EOF
 }
 

@@ -12,6 +12,13 @@ vm_qemu_cmd() {
 	# kernel's crypto self-tests cost up to a second of boot: skipped.
 	# oops=panic: after an oops nothing the tests see can be trusted; the VM
 	# stops at once and the host reports it instead of waiting for timeouts.
+	local append="console=ttyS0 quiet panic=-1 oops=panic mitigations=off cryptomgr.notests loop.max_loop=8 dmthin.mode=$mode"
+	local disk=()
+	if [[ ${DMTHIN_VM_TMP:-disk} == disk ]]; then
+		vm_scratch_disk
+		disk=(-drive "file=$VM_WORK/scratch.img,format=raw,if=virtio,cache=unsafe,discard=unmap")
+		append+=" dmthin.tmp=/dev/vda"
+	fi
 	VM_QEMU=(
 		qemu-system-x86_64
 		-machine pc
@@ -20,8 +27,22 @@ vm_qemu_cmd() {
 		-smp "$VM_SMP" -m "$VM_MEM"
 		-nodefaults -no-user-config -display none -no-reboot
 		-kernel "$kernel" -initrd "$initrd"
-		-append "console=ttyS0 quiet panic=-1 oops=panic mitigations=off cryptomgr.notests loop.max_loop=8 dmthin.mode=$mode ${DMTHIN_VM_APPEND:-}"
+		"${disk[@]}"
+		-append "$append ${DMTHIN_VM_APPEND:-}"
 	)
+}
+
+# vm_scratch_disk: a fresh sparse ext4 image for the guest's /tmp, made on the
+# host (fast there). It holds what the tests write (sparse loop files...),
+# grows on the host's disk only as far as they fill it, and is deleted with
+# the work directory.
+vm_scratch_disk() {
+	local img=$VM_WORK/scratch.img
+	rm -f "$img"
+	truncate -s "${DMTHIN_VM_DISK:-20G}" "$img" || vm_die "cannot make $img"
+	mkfs.ext4 -q -F -L dmthin-tmp -i 65536 -J size=64 \
+		-E lazy_itable_init=0,lazy_journal_init=0,nodiscard "$img" ||
+		vm_die "mkfs.ext4 of the scratch disk failed"
 }
 
 # --- payload: what one run adds to the cached base initramfs ---------------
