@@ -38,7 +38,7 @@ usage: hack/vm.sh COMMAND [ARGS]
         Run the packages' tests (default ./...) with DMTHIN_REQUIRE_DM=1:
         natively if this host's device-mapper works, else all in one VM boot.
   build-initrd
-        (Re)build the cached base initramfs and print its path.
+        (Re)build the cached base initramfs.
 
 Environment: DMTHIN_VM_CACHE (cache dir, default /var/cache/dmthin-vm),
 DMTHIN_VM_MEM (MB, 4096), DMTHIN_VM_SMP (2), DMTHIN_VM_TIMEOUT (s, 1800),
