@@ -37,10 +37,11 @@ vm_qemu_cmd() {
 # grows on the host's disk only as far as they fill it, and is deleted with
 # the work directory.
 vm_scratch_disk() {
-	local img=$VM_WORK/scratch.img
+	local img=$VM_WORK/scratch.img mkfs
+	mkfs=$(vm_tool_path mkfs.ext4) || vm_die "mkfs.ext4 not installed (hack/vm.sh setup)"
 	rm -f "$img"
 	truncate -s "${DMTHIN_VM_DISK:-20G}" "$img" || vm_die "cannot make $img"
-	mkfs.ext4 -q -F -L dmthin-tmp -i 65536 -J size=64 \
+	"$mkfs" -q -F -L dmthin-tmp -i 65536 -J size=64 \
 		-E lazy_itable_init=0,lazy_journal_init=0,nodiscard "$img" ||
 		vm_die "mkfs.ext4 of the scratch disk failed"
 }
@@ -115,7 +116,7 @@ vm_since() { awk -v a="$1" -v b="$(vm_now)" 'BEGIN { printf "%.1f", b - a }'; }
 # killed) and 125 when the VM stopped without reporting (kernel panic...).
 VM_STATUS=
 vm_boot_batch() {
-	local initrd=$1 timeout=$2 log=$3 fifo qpid tpid wpid which='' start line
+	local initrd=$1 timeout=$2 log=$3 fifo qpid tpid start deadline line
 	vm_qemu_cmd run "$initrd"
 	fifo=$VM_WORK/console.fifo
 	rm -f "$fifo"
@@ -124,23 +125,25 @@ vm_boot_batch() {
 	sed -u 's/\r$//' <"$fifo" | tee "$log" &
 	tpid=$!
 	start=$(vm_now)
+	deadline=$((SECONDS + timeout))
 	"${VM_QEMU[@]}" -serial stdio </dev/null >"$fifo" 2>&1 &
 	qpid=$!
-	sleep "$timeout" >/dev/null 2>&1 &
-	wpid=$!
-	VM_PIDS+=("$qpid" "$wpid")
-	wait -n -p which "$qpid" "$wpid" || true
-	if [[ $which == "$wpid" ]]; then
-		kill -TERM "$qpid" 2>/dev/null || true
-		sleep 2
-		kill -KILL "$qpid" 2>/dev/null || true
-		wait "$qpid" 2>/dev/null || true
-		wait "$tpid" 2>/dev/null || true
-		vm_log "TIMEOUT: the VM ran longer than ${timeout}s; QEMU killed"
-		return 124
-	fi
-	kill "$wpid" 2>/dev/null || true
-	wait "$wpid" 2>/dev/null || true
+	VM_PIDS+=("$qpid")
+	# Poll rather than `wait -n`: bash 5.2's wait -n was seen to miss QEMU's
+	# exit when the console pipeline ended at the same moment, and hang.
+	while kill -0 "$qpid" 2>/dev/null; do
+		if ((SECONDS >= deadline)); then
+			kill -TERM "$qpid" 2>/dev/null || true
+			sleep 2
+			kill -KILL "$qpid" 2>/dev/null || true
+			wait "$qpid" 2>/dev/null || true
+			wait "$tpid" 2>/dev/null || true
+			vm_log "TIMEOUT: the VM ran longer than ${timeout}s; QEMU killed"
+			return 124
+		fi
+		sleep 0.2
+	done
+	wait "$qpid" 2>/dev/null || true
 	wait "$tpid" 2>/dev/null || true
 	VM_PIDS=()
 	VM_ELAPSED=$(vm_since "$start")
