@@ -98,8 +98,13 @@ func do(fd int, r *request) (*reply, error) {
 			size *= 4
 			continue
 		}
+		// data_size is what the kernel used; with no payload it is the
+		// header alone (offsetof(struct dm_ioctl, data), below data_start).
 		start, end := int(hdr.Data_start), int(hdr.Data_size)
-		if start < headerSize || end > len(buf) || start > end {
+		if end <= start {
+			return out, nil
+		}
+		if start < headerSize || end > len(buf) {
 			return nil, fmt.Errorf("devmapper: %s %q: reply has data %d..%d outside buffer of %d", r.op, r.name, start, end, len(buf))
 		}
 		out.data = buf[start:end]
