@@ -12,7 +12,7 @@ import (
 // WaitEvent returns once the device's event counter is past after (for
 // example the EventNr of an earlier Info), or when ctx ends. Thin pools raise
 // an event when they cross their low-water mark, run out of space or change
-// mode; any table swap raises one too.
+// mode. (On Debian's 6.1 kernel a table reload and resume alone raises none.)
 //
 // It arms the control node for poll (DM_DEV_ARM_POLL) on a private file
 // descriptor and sleeps in poll(2), so waiting costs no CPU.

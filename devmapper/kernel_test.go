@@ -137,6 +137,28 @@ func TestLifecycleZeroTarget(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, tab, got, "cleared table must not have replaced the live one")
 
+	require.NoError(t, c.Remove(name, devmapper.RemoveOptions{}))
+	_, err = c.Info(name)
+	assert.ErrorIs(t, err, unix.ENXIO)
+	_, err = os.Stat(c.NodePath(name))
+	assert.ErrorIs(t, err, os.ErrNotExist, "node removed with the device")
+	err = c.Remove(name, devmapper.RemoveOptions{})
+	assert.ErrorIs(t, err, unix.ENXIO)
+	var de *devmapper.Error
+	require.ErrorAs(t, err, &de)
+	assert.Equal(t, name, de.Name)
+}
+
+// TestRename uses a device that never had a table cleared: on Debian's 6.1
+// and 6.12 kernels, load, clear, rename and remove of one device hits a
+// double free in dm-ima and takes the kernel down (dmsetup alone reproduces
+// it; see hack/README.md).
+func TestRename(t *testing.T) {
+	c := client(t)
+	name := devName(t, "torename")
+	removeOnCleanup(t, c, name)
+	_, err := c.Activate(name, "", devmapper.Table{{Length: 8, Params: devmapper.RawParams{Type: "zero"}}}, false)
+	require.NoError(t, err)
 	// Rename moves the node.
 	newName := name + "-renamed"
 	removeOnCleanup(t, c, newName)
@@ -149,15 +171,8 @@ func TestLifecycleZeroTarget(t *testing.T) {
 	assert.True(t, devmapper.IsNotFound(err))
 
 	require.NoError(t, c.Remove(newName, devmapper.RemoveOptions{}))
-	_, err = c.Info(newName)
-	assert.ErrorIs(t, err, unix.ENXIO)
 	_, err = os.Stat(c.NodePath(newName))
-	assert.ErrorIs(t, err, os.ErrNotExist, "node removed with the device")
-	err = c.Remove(newName, devmapper.RemoveOptions{})
-	assert.ErrorIs(t, err, unix.ENXIO)
-	var de *devmapper.Error
-	require.ErrorAs(t, err, &de)
-	assert.Equal(t, newName, de.Name)
+	assert.ErrorIs(t, err, os.ErrNotExist)
 }
 
 func TestDeferredRemove(t *testing.T) {
@@ -282,7 +297,7 @@ func TestThinPoolMessagesAndIO(t *testing.T) {
 	require.NoError(t, c.Remove(pool, devmapper.RemoveOptions{}))
 }
 
-func TestEventAfterResumeAndLowWater(t *testing.T) {
+func TestEventLowWater(t *testing.T) {
 	c := client(t)
 	meta := loopDev(t, 8<<20)
 	data := loopDev(t, 64<<20)
@@ -292,27 +307,11 @@ func TestEventAfterResumeAndLowWater(t *testing.T) {
 	params := devmapper.ThinPoolParams{Metadata: meta, Data: data, BlockSize: 128, LowWaterMark: 1000}
 	_, err := c.Activate(pool, "", devmapper.Table{{Length: 64 << 20 / 512, Params: params}}, false)
 	require.NoError(t, err)
-	info, err := c.Info(pool)
-	require.NoError(t, err)
 
-	// Reloading and resuming the table raises an event.
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	var wg sync.WaitGroup
-	var got devmapper.Info
-	var waitErr error
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		got, waitErr = c.WaitEvent(ctx, pool, info.EventNr)
-	}()
-	time.Sleep(100 * time.Millisecond)
-	require.NoError(t, c.Reload(pool, devmapper.Table{{Length: 64 << 20 / 512, Params: params}}, devmapper.SuspendOptions{}))
-	wg.Wait()
-	require.NoError(t, waitErr)
-	assert.Greater(t, got.EventNr, info.EventNr)
-
-	// Crossing the low-water mark raises one too.
+	// The pool was resumed by Activate; crossing its low-water mark
+	// raises an event that WaitEvent sees.
 	_, err = c.Message(pool, 0, "create_thin 0")
 	require.NoError(t, err)
 	thin := devName(t, "evthin")
@@ -321,9 +320,19 @@ func TestEventAfterResumeAndLowWater(t *testing.T) {
 	require.NoError(t, err)
 	_, err = c.Activate(thin, "", devmapper.Table{{Length: 16 << 20 / 512, Params: devmapper.ThinParams{Pool: pinfo.Dev, ID: 0}}}, false)
 	require.NoError(t, err)
-	writeAt(t, c.NodePath(thin), make([]byte, 1<<20), 0)
-	got, err = c.WaitEvent(ctx, pool, pinfo.EventNr)
-	require.NoError(t, err)
+	// Wait first, in the background, so the wake-up is what is tested.
+	var wg sync.WaitGroup
+	var got devmapper.Info
+	var waitErr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		got, waitErr = c.WaitEvent(ctx, pool, pinfo.EventNr)
+	}()
+	time.Sleep(200 * time.Millisecond)
+	writeAt(t, c.NodePath(thin), make([]byte, 4<<20), 0)
+	wg.Wait()
+	require.NoError(t, waitErr)
 	assert.Greater(t, got.EventNr, pinfo.EventNr)
 
 	// A cancelled context ends the wait.

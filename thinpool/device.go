@@ -390,7 +390,8 @@ func (p *Pool) deferDelete(ctx context.Context, rec *record) error {
 }
 
 // ProcessDeferred deletes the devices whose deletion was deferred and that
-// are now closed. Open calls it too.
+// are now closed, and retries deletions that failed half-way. Open calls it
+// too.
 func (p *Pool) ProcessDeferred(ctx context.Context) error {
 	recs, err := p.st.all()
 	if err != nil {
@@ -398,12 +399,12 @@ func (p *Pool) ProcessDeferred(ctx context.Context) error {
 	}
 	var errs []error
 	for _, r := range recs {
-		if r.State != StateDeferredDelete {
+		if r.State != StateDeferredDelete && r.State != StateDeleting {
 			continue
 		}
 		unlock := p.locks.lock(r.Name)
 		cur, err := p.st.get(r.Name)
-		if err == nil && cur.State == StateDeferredDelete {
+		if err == nil && (cur.State == StateDeferredDelete || cur.State == StateDeleting) {
 			err = p.deleteLocked(ctx, cur, DeleteOptions{})
 		}
 		unlock()

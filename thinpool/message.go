@@ -3,6 +3,7 @@ package thinpool
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -45,10 +46,22 @@ func (p *Pool) setTxIDLocked(next uint64) error {
 
 // deleteThinLocked sends "delete id"; a thin id the pool does not have
 // (ENODATA) counts as deleted.
+//
+// Right after the last close of a device removed with deferred remove, the
+// kernel tears the device down in a work queue: its name is gone but the
+// pool still counts it open and answers EBUSY. That window is short, so
+// EBUSY is retried a few times.
 func (p *Pool) deleteThinLocked(id uint32) error {
-	err := p.message(fmt.Sprintf("delete %d", id))
-	if errors.Is(err, unix.ENODATA) {
-		return nil
+	var err error
+	for i := 0; i < 8; i++ {
+		err = p.message(fmt.Sprintf("delete %d", id))
+		if errors.Is(err, unix.ENODATA) {
+			return nil
+		}
+		if !errors.Is(err, unix.EBUSY) {
+			return err
+		}
+		time.Sleep(time.Duration(5<<i) * time.Millisecond)
 	}
 	return err
 }

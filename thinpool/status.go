@@ -203,7 +203,7 @@ func (p *Pool) Grow(ctx context.Context, dataSize, metadataSize int64) error {
 
 // WaitEvent blocks until the pool raises an event after the one numbered
 // after (Status.EventNr): crossing the low-water mark, running out of
-// space, a mode change or a table reload. It returns the new status.
+// space, a mode change. It returns the new status.
 func (p *Pool) WaitEvent(ctx context.Context, after uint32) (Status, error) {
 	done, err := p.enter()
 	if err != nil {
