@@ -31,13 +31,22 @@ test-vm:
 shell:
 	$(VM) shell
 
-# Builds examples/layers and runs it in the VM.
+# Builds examples/layers and runs it: natively where this host's
+# device-mapper works, else in the VM.
 demo:
-	@if [[ ! -d examples/layers ]]; then \
-		echo "make demo: examples/layers does not exist yet" >&2; exit 1; fi
 	mkdir -p out
 	CGO_ENABLED=0 $(GO) build -o out/layers ./examples/layers
-	$(VM) run --file out/layers:/layers -- /layers
+	@if bash -c 'source hack/vm/gotest.sh && vm_host_dm_usable'; then \
+		echo "make demo: running natively on this host's device-mapper"; ./out/layers; \
+	else $(VM) run --file out/layers:/layers -- /layers; fi
 
+# Side-by-side benchmarks (ratios measured in one run): dmbench,
+# poolbench and examples/bench-driver in one VM boot, then the Go
+# benchmarks of every package.
+BENCHES := hack/dmbench hack/poolbench examples/bench-driver
 bench:
+	mkdir -p out
+	for p in $(BENCHES); do CGO_ENABLED=0 $(GO) build -o out/$$(basename $$p) ./$$p || exit 1; done
+	$(VM) run --timeout 3600 $(foreach p,$(BENCHES),--file out/$(notdir $(p)):/bench/$(notdir $(p))) \
+		--file hack/bench.sh:/bench/run.sh -- /bin/sh /bench/run.sh
 	$(VM) test -run '^$$' -bench . ./...

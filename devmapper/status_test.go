@@ -13,6 +13,11 @@ func TestParseThinPoolStatus(t *testing.T) {
 		in   string
 		want ThinPoolStatus
 	}{
+		// Verbatim from Debian's 6.1 kernel in the test VM (note the
+		// trailing space).
+		{"1 419/4096 0/4096 - rw discard_passdown error_if_no_space - 1024 ",
+			ThinPoolStatus{Mode: PoolReadWrite, TransactionID: 1, UsedMetadataBlocks: 419, TotalMetadata: 4096,
+				TotalDataBlocks: 4096, DiscardPassdown: true, NoSpace: ErrorIfNoSpace, MetadataLowWatermark: 1024}},
 		{"0 141/4096 0/16384 - rw discard_passdown queue_if_no_space - 1024",
 			ThinPoolStatus{Mode: PoolReadWrite, UsedMetadataBlocks: 141, TotalMetadata: 4096, TotalDataBlocks: 16384,
 				DiscardPassdown: true, NoSpace: QueueIfNoSpace, MetadataLowWatermark: 1024}},

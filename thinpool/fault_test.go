@@ -40,7 +40,7 @@ func TestMetadataIOErrors(t *testing.T) {
 	ctx := context.Background()
 	c, err := devmapper.Open(devmapper.Options{})
 	require.NoError(t, err)
-	defer c.Close()
+	t.Cleanup(func() { c.Close() }) // after the cleanups below, which use c
 	metaName := testenv.Suffix(t) + "-faultmeta"
 	dataName := testenv.Suffix(t) + "-faultdata"
 	metaTab := linearOverLoop(t, c, metaName, 16*MiB)

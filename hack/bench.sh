@@ -1,0 +1,11 @@
+#!/bin/sh
+# Runs every side-by-side benchmark in one boot (see `make bench`): each
+# prints its own table of per-operation times and ratios.
+set -e
+cd /bench
+echo "=== dmbench: devmapper package vs dmsetup CLI"
+./dmbench -n 100
+echo "=== poolbench: thinpool vs raw ioctls vs dmsetup; scaling; Open time"
+./poolbench -n 100 -levels "${POOLBENCH_LEVELS:-10,1000,10000}"
+echo "=== bench-driver: graphdriver vs dmsetup+mount CLIs; ApplyDiff vs plain directory"
+./bench-driver
