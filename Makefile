@@ -4,7 +4,7 @@ SHELL := /bin/bash
 GO ?= go
 VM := hack/vm.sh
 
-.PHONY: test setup test-unit test-vm shell demo bench
+.PHONY: test setup test-unit test-vm test-race shell demo bench
 
 # Everything: host unit tests (device-mapper tests skip there, with a reason),
 # then every package again with DMTHIN_REQUIRE_DM=1 in the VM or natively,
@@ -15,7 +15,12 @@ test:
 	@rc=0; \
 	$(MAKE) --no-print-directory test-unit || { rc=1; echo "make test: host unit tests FAILED" >&2; }; \
 	$(VM) test || rc=1; \
+	$(MAKE) --no-print-directory test-race || rc=1; \
 	exit $$rc
+
+# The concurrency tests again with the race detector (in the VM, or natively).
+test-race:
+	$(VM) test -race -run 'Concurren' ./thinpool/ ./graphdriver/
 
 # Host packages, the guest kernel and the cached base initramfs.
 setup:
