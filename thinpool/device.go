@@ -393,17 +393,29 @@ func (p *Pool) deferDelete(ctx context.Context, rec *record) error {
 // are now closed, and retries deletions that failed half-way. Open calls it
 // too.
 func (p *Pool) ProcessDeferred(ctx context.Context) error {
+	done, err := p.enter()
+	if err != nil {
+		return err
+	}
+	defer done()
 	recs, err := p.st.all()
 	if err != nil {
 		return err
 	}
-	var errs []error
+	var names []string
 	for _, r := range recs {
-		if r.State != StateDeferredDelete && r.State != StateDeleting {
-			continue
+		if r.State == StateDeferredDelete || r.State == StateDeleting {
+			names = append(names, r.Name)
 		}
-		unlock := p.locks.lock(r.Name)
-		cur, err := p.st.get(r.Name)
+	}
+	return p.processNames(ctx, names)
+}
+
+func (p *Pool) processNames(ctx context.Context, names []string) error {
+	var errs []error
+	for _, name := range names {
+		unlock := p.locks.lock(name)
+		cur, err := p.st.get(name)
 		if err == nil && (cur.State == StateDeferredDelete || cur.State == StateDeleting) {
 			err = p.deleteLocked(ctx, cur, DeleteOptions{})
 		}

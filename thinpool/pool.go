@@ -40,6 +40,9 @@ type Pool struct {
 
 	locks keyedMutex
 
+	// pending names the records recovery found waiting for deletion.
+	pending []string
+
 	closeMu sync.RWMutex
 	closed  bool
 
@@ -115,7 +118,7 @@ func Open(ctx context.Context, opts Options) (_ *Pool, err error) {
 	if err := p.recover(ctx); err != nil {
 		return nil, err
 	}
-	if err := p.ProcessDeferred(ctx); err != nil {
+	if err := p.processNames(ctx, p.pending); err != nil {
 		p.log.WithError(err).Warn("deferred deletions still pending")
 	}
 	return p, nil

@@ -36,9 +36,14 @@ func (p *Pool) recover(ctx context.Context) error {
 		return err
 	}
 	var errs []error
+	kept := recs[:0]
 	for _, r := range recs {
-		if err := p.settleLocked(r, k); err != nil {
+		gone, err := p.settleLocked(r, k)
+		if err != nil {
 			errs = append(errs, fmt.Errorf("settle %q: %w", r.Name, err))
+		}
+		if !gone {
+			kept = append(kept, r)
 		}
 	}
 	// Commit what we changed in the pool before the store forgets it.
@@ -48,61 +53,64 @@ func (p *Pool) recover(ctx context.Context) error {
 	if err := p.st.update(func(tx txn) error { return putU64(tx.Bucket(bucketMeta), keyTxID, k) }); err != nil {
 		errs = append(errs, err)
 	}
-	if err := p.removeStrays(ctx); err != nil {
+	if err := p.removeStrays(ctx, kept); err != nil {
 		errs = append(errs, err)
+	}
+	p.pending = nil
+	for _, r := range kept {
+		if r.State == StateDeferredDelete || r.State == StateDeleting {
+			p.pending = append(p.pending, r.Name)
+		}
 	}
 	return errors.Join(errs...)
 }
 
-func (p *Pool) settleLocked(r *record, k uint64) error {
+// settleLocked settles one record; gone reports that its record was removed.
+func (p *Pool) settleLocked(r *record, k uint64) (gone bool, err error) {
 	log := p.log.WithFields(map[string]any{"device": r.Name, "id": r.ID, "state": r.State, "txid": r.TxID, "pool-txid": k})
 	switch r.State {
 	case StateCreating:
 		if k >= r.TxID {
 			log.Info("recovery: create had completed; rolling forward")
 			r.State = StateReady
-			return p.st.update(func(tx txn) error { return putRecord(tx, r) })
+			return false, p.st.update(func(tx txn) error { return putRecord(tx, r) })
 		}
 		log.Info("recovery: create was cut short; rolling back")
 		if err := p.deleteThinLocked(r.ID); err != nil {
 			r.State = StateFaulty
-			return errors.Join(err, p.st.update(func(tx txn) error { return putRecord(tx, r) }))
+			return false, errors.Join(err, p.st.update(func(tx txn) error { return putRecord(tx, r) }))
 		}
-		return p.st.update(func(tx txn) error { return deleteRecord(tx, r) })
+		return true, p.st.update(func(tx txn) error { return deleteRecord(tx, r) })
 	case StateDeleting:
 		if k < r.TxID {
 			if err := p.deleteThinLocked(r.ID); err != nil {
-				return err
+				return false, err
 			}
 		}
 		log.Info("recovery: finishing delete")
-		return p.st.update(func(tx txn) error { return deleteRecord(tx, r) })
+		return true, p.st.update(func(tx txn) error { return deleteRecord(tx, r) })
 	case StateReady, StateDeferredDelete:
 		if r.TxID <= k {
-			return nil
+			return false, nil
 		}
 		ok, err := p.thinExists(r.ID)
 		if err != nil {
-			return err
+			return false, err
 		}
 		if !ok {
 			log.Warn("recovery: the pool lost this device; marking it faulty")
 			r.State = StateFaulty
-			return p.st.update(func(tx txn) error { return putRecord(tx, r) })
+			return false, p.st.update(func(tx txn) error { return putRecord(tx, r) })
 		}
 	}
-	return nil
+	return false, nil
 }
 
 // removeStrays removes dm devices with the pool's prefix that no ready
 // record explains (half-made activations, probes), and devices of ready
 // records that were left without a live table.
-func (p *Pool) removeStrays(ctx context.Context) error {
+func (p *Pool) removeStrays(ctx context.Context, recs []*record) error {
 	live, err := p.dm.List()
-	if err != nil {
-		return err
-	}
-	recs, err := p.st.all()
 	if err != nil {
 		return err
 	}

@@ -53,6 +53,11 @@ func (p *Pool) status() (Status, error) {
 	if err != nil {
 		return s, err
 	}
+	info, err := p.dm.Info(p.name)
+	if err != nil {
+		return Status{}, fmt.Errorf("thinpool: %w", err)
+	}
+	s.EventNr = info.EventNr
 	recs, err := p.st.all()
 	if err != nil {
 		return s, err
@@ -69,13 +74,9 @@ func (p *Pool) status() (Status, error) {
 	return s, nil
 }
 
-// spaceStatus is Status without the device counts: its cost does not grow
-// with the number of devices.
+// spaceStatus is Status without the device counts and event number: one
+// status ioctl, whatever the number of devices.
 func (p *Pool) spaceStatus() (Status, error) {
-	info, err := p.dm.Info(p.name)
-	if err != nil {
-		return Status{}, fmt.Errorf("thinpool: %w", err)
-	}
 	ps, err := p.poolStatus()
 	if err != nil {
 		return Status{}, err
@@ -84,11 +85,11 @@ func (p *Pool) spaceStatus() (Status, error) {
 	s := Status{
 		Name: p.name, BlockSize: bs, Mode: ps.Mode, NeedsCheck: ps.NeedsCheck,
 		TransactionID: ps.TransactionID, External: p.external,
-		MinFreeSpacePercent: *p.opts.MinFreeSpacePercent, EventNr: info.EventNr,
-		DataUsed:      int64(ps.UsedDataBlocks) * bs,
-		DataTotal:     int64(ps.TotalDataBlocks) * bs,
-		MetadataUsed:  int64(ps.UsedMetadataBlocks) * devmapper.MetadataBlockSize,
-		MetadataTotal: int64(ps.TotalMetadata) * devmapper.MetadataBlockSize,
+		MinFreeSpacePercent: *p.opts.MinFreeSpacePercent,
+		DataUsed:            int64(ps.UsedDataBlocks) * bs,
+		DataTotal:           int64(ps.TotalDataBlocks) * bs,
+		MetadataUsed:        int64(ps.UsedMetadataBlocks) * devmapper.MetadataBlockSize,
+		MetadataTotal:       int64(ps.TotalMetadata) * devmapper.MetadataBlockSize,
 	}
 	s.DataAvailable = s.DataTotal - s.DataUsed
 	s.MetadataAvailable = s.MetadataTotal - s.MetadataUsed
