@@ -97,3 +97,57 @@ func TestMetadataIOErrors(t *testing.T) {
 	assert.Equal(t, StateReady, d.State)
 	_ = unix.EIO
 }
+
+// TestExternalPool adopts a pool someone else made: an empty one is used
+// and left in place by Shutdown; one with thin devices that this store does
+// not know is refused.
+func TestExternalPool(t *testing.T) {
+	testenv.RequireDM(t)
+	ctx := context.Background()
+	c, err := devmapper.Open(devmapper.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	mk := func(what string) (string, devmapper.Dev) {
+		name := testenv.Suffix(t) + "-ext" + what
+		tab := linearOverLoop(t, c, name, map[string]int64{"meta": 16 * MiB, "data": 128 * MiB}[what])
+		return name, tab[0].Params.(devmapper.LinearParams).Device
+	}
+	_, _ = mk("meta")
+	_, _ = mk("data")
+	metaInfo, err := c.Info(testenv.Suffix(t) + "-extmeta")
+	require.NoError(t, err)
+	dataInfo, err := c.Info(testenv.Suffix(t) + "-extdata")
+	require.NoError(t, err)
+	pool := testenv.Suffix(t) + "-extpool"
+	_, err = c.Activate(pool, "", devmapper.Table{{Length: 128 * MiB / 512,
+		Params: devmapper.ThinPoolParams{Metadata: metaInfo.Dev, Data: dataInfo.Dev, BlockSize: 128}}}, false)
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, c.Remove(pool, devmapper.RemoveOptions{})) })
+
+	zero := 0
+	opts := Options{Root: filepath.Join(t.TempDir(), "ext"), PoolDevice: pool, MinFreeSpacePercent: &zero}
+	p, err := Open(ctx, opts)
+	require.NoError(t, err)
+	_, err = p.Create(ctx, "mine", 8*MiB)
+	require.NoError(t, err)
+	_, err = p.Activate(ctx, "mine")
+	require.NoError(t, err)
+	st, err := p.Status(ctx)
+	require.NoError(t, err)
+	assert.True(t, st.External)
+	require.NoError(t, p.Shutdown(ctx))
+	_, err = c.Info(pool)
+	assert.NoError(t, err, "an external pool survives Shutdown")
+
+	// Another store (another root) must not adopt a pool in use.
+	other := opts
+	other.Root = filepath.Join(t.TempDir(), "other")
+	_, err = Open(ctx, other)
+	assert.ErrorIs(t, err, ErrPoolNotOurs)
+
+	// The owner comes back and cleans up its device.
+	p, err = Open(ctx, opts)
+	require.NoError(t, err)
+	require.NoError(t, p.Delete(ctx, "mine", DeleteOptions{}))
+	require.NoError(t, p.Shutdown(ctx))
+}
