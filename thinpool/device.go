@@ -177,7 +177,7 @@ func (p *Pool) create(ctx context.Context, name, parent string, size int64) (Dev
 // mapPoolErr turns what a full pool answers into ErrPoolFull.
 func (p *Pool) mapPoolErr(err error) error {
 	if errors.Is(err, unix.ENOSPC) {
-		return errors.Join(err, &SpaceError{What: "metadata", OutOfData: false})
+		return fmt.Errorf("%w: the pool has no metadata space left: %w", ErrPoolFull, err)
 	}
 	st, serr := p.poolStatus()
 	if serr == nil && st.Mode != devmapper.PoolReadWrite {
