@@ -14,6 +14,7 @@ import (
 	"github.com/docker/go-units"
 	"github.com/sirupsen/logrus"
 
+	"github.com/dmthin/dmthin/internal/keyedmutex"
 	"github.com/dmthin/dmthin/thinpool"
 )
 
@@ -37,7 +38,7 @@ type Driver struct {
 	closeMu sync.RWMutex // held for reading by every operation, for writing by Cleanup
 	closed  bool
 
-	locks idLocks
+	locks keyedmutex.Map
 
 	mu     sync.Mutex // guards mounts
 	mounts map[string]*mount
@@ -169,7 +170,7 @@ func (d *Driver) Create(id, parent string, opts *CreateOpts) error {
 	if err != nil {
 		return err
 	}
-	unlock := d.locks.lock(id)
+	unlock := d.locks.Lock(id)
 	defer unlock()
 	return d.createLocked(context.Background(), id, parent, size)
 }
@@ -270,7 +271,7 @@ func (d *Driver) Remove(id string) error {
 	if err := ValidateID(id); err != nil {
 		return err
 	}
-	unlock := d.locks.lock(id)
+	unlock := d.locks.Lock(id)
 	defer unlock()
 	ctx := context.Background()
 	name := deviceName(id)

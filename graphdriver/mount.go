@@ -81,7 +81,7 @@ func (d *Driver) Get(id, mountLabel string) (string, error) {
 	if err := ValidateID(id); err != nil {
 		return "", err
 	}
-	unlock := d.locks.lock(id)
+	unlock := d.locks.Lock(id)
 	defer unlock()
 	mp := d.mountPoint(id)
 	root := filepath.Join(mp, rootfsDir)
@@ -128,7 +128,7 @@ func (d *Driver) Put(id string) error {
 	if err := ValidateID(id); err != nil {
 		return err
 	}
-	unlock := d.locks.lock(id)
+	unlock := d.locks.Lock(id)
 	defer unlock()
 	m := d.mountOf(id)
 	if m == nil {

@@ -4,9 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -50,40 +48,6 @@ func TestMountsUnderLive(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, m, "proc")
 	assert.Equal(t, "proc", m["proc"].FSType)
-}
-
-func TestIDLocks(t *testing.T) {
-	var k idLocks
-	unlockA := k.lock("a")
-	got := make(chan struct{})
-	go func() {
-		unlock := k.lock("a")
-		close(got)
-		unlock()
-	}()
-	// A different id is not blocked.
-	k.lock("b")()
-	select {
-	case <-got:
-		t.Fatal("second lock of the same id did not wait")
-	case <-time.After(50 * time.Millisecond):
-	}
-	unlockA()
-	<-got
-
-	var wg sync.WaitGroup
-	counter := 0
-	for i := 0; i < 50; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer k.lock("c")()
-			counter++
-		}()
-	}
-	wg.Wait()
-	assert.Equal(t, 50, counter)
-	assert.Empty(t, k.locks, "locks nobody holds are dropped")
 }
 
 func TestWriteFileAtomic(t *testing.T) {

@@ -79,7 +79,7 @@ func (p *Pool) create(ctx context.Context, name, parent string, size int64) (Dev
 	if err := p.checkName(name); err != nil {
 		return Device{}, err
 	}
-	unlock := p.locks.lock(name, parent)
+	unlock := p.locks.Lock(name, parent)
 	defer unlock()
 	if err := ctx.Err(); err != nil {
 		return Device{}, err
@@ -223,7 +223,7 @@ func (p *Pool) Activate(ctx context.Context, name string) (string, error) {
 		return "", err
 	}
 	defer done()
-	unlock := p.locks.lock(name)
+	unlock := p.locks.Lock(name)
 	defer unlock()
 	rec, err := p.st.get(name)
 	if err != nil {
@@ -282,7 +282,7 @@ func (p *Pool) Deactivate(ctx context.Context, name string, deferred bool) error
 		return err
 	}
 	defer done()
-	unlock := p.locks.lock(name)
+	unlock := p.locks.Lock(name)
 	defer unlock()
 	if _, err := p.st.get(name); err != nil {
 		return err
@@ -330,7 +330,7 @@ func (p *Pool) Delete(ctx context.Context, name string, opts DeleteOptions) erro
 		return err
 	}
 	defer done()
-	unlock := p.locks.lock(name)
+	unlock := p.locks.Lock(name)
 	defer unlock()
 	rec, err := p.st.get(name)
 	if err != nil {
@@ -414,7 +414,7 @@ func (p *Pool) ProcessDeferred(ctx context.Context) error {
 func (p *Pool) processNames(ctx context.Context, names []string) error {
 	var errs []error
 	for _, name := range names {
-		unlock := p.locks.lock(name)
+		unlock := p.locks.Lock(name)
 		cur, err := p.st.get(name)
 		if err == nil && (cur.State == StateDeferredDelete || cur.State == StateDeleting) {
 			err = p.deleteLocked(ctx, cur, DeleteOptions{})
@@ -438,7 +438,7 @@ func (p *Pool) Resize(ctx context.Context, name string, size int64) error {
 	if _, err := checkSize(size); err != nil {
 		return err
 	}
-	unlock := p.locks.lock(name)
+	unlock := p.locks.Lock(name)
 	defer unlock()
 	rec, err := p.st.get(name)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dmthin/dmthin/devmapper"
+	"github.com/dmthin/dmthin/internal/keyedmutex"
 	"github.com/dmthin/dmthin/loopback"
 )
 
@@ -38,7 +39,7 @@ type Pool struct {
 	msgMu sync.Mutex
 	txid  uint64
 
-	locks keyedMutex
+	locks keyedmutex.Map
 
 	// pending names the records recovery found waiting for deletion.
 	pending []string

@@ -2,7 +2,6 @@ package thinpool
 
 import (
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -71,33 +70,4 @@ func TestStoreLockedBySecondOpener(t *testing.T) {
 	_, err = openStore(path)
 	assert.ErrorIs(t, err, ErrLocked)
 	assert.Less(t, time.Since(start), 5*time.Second)
-}
-
-func TestKeyedMutex(t *testing.T) {
-	var k keyedMutex
-	var mu sync.Mutex
-	inside := map[string]int{}
-	var wg sync.WaitGroup
-	for i := 0; i < 50; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			a, b := "x", "y"
-			if i%2 == 0 {
-				a, b = b, a // opposite order must not deadlock
-			}
-			unlock := k.lock(a, b)
-			mu.Lock()
-			inside["x"]++
-			assert.Equal(t, 1, inside["x"], "exclusive")
-			mu.Unlock()
-			time.Sleep(time.Millisecond)
-			mu.Lock()
-			inside["x"]--
-			mu.Unlock()
-			unlock()
-		}(i)
-	}
-	wg.Wait()
-	assert.Empty(t, k.locks, "no lock left behind")
 }
