@@ -207,6 +207,22 @@ func (p *Pool) suspendIfActive(name string) (func() error, error) {
 	}, nil
 }
 
+// lockDevice enters the pool, locks name and reads its record; release
+// undoes both. Methods that act on one existing device start with it.
+func (p *Pool) lockDevice(name string) (rec *record, release func(), err error) {
+	done, err := p.enter()
+	if err != nil {
+		return nil, nil, err
+	}
+	unlock := p.locks.Lock(name)
+	release = func() { unlock(); done() }
+	if rec, err = p.st.get(name); err != nil {
+		release()
+		return nil, nil, err
+	}
+	return rec, release, nil
+}
+
 func (p *Pool) thinTable(r *record) devmapper.Table {
 	return devmapper.Table{{
 		Start:  0,
@@ -218,17 +234,11 @@ func (p *Pool) thinTable(r *record) devmapper.Table {
 // Activate makes the device's block node and returns its path. Activating
 // an active device returns its path.
 func (p *Pool) Activate(ctx context.Context, name string) (string, error) {
-	done, err := p.enter()
+	rec, release, err := p.lockDevice(name)
 	if err != nil {
 		return "", err
 	}
-	defer done()
-	unlock := p.locks.Lock(name)
-	defer unlock()
-	rec, err := p.st.get(name)
-	if err != nil {
-		return "", err
-	}
+	defer release()
 	switch rec.State {
 	case StateReady:
 	case StateFaulty:
@@ -277,39 +287,46 @@ func (p *Pool) activateLocked(ctx context.Context, rec *record) (string, error) 
 // case the kernel removes it at last close. Deactivating an inactive device
 // does nothing.
 func (p *Pool) Deactivate(ctx context.Context, name string, deferred bool) error {
-	done, err := p.enter()
+	_, release, err := p.lockDevice(name)
 	if err != nil {
 		return err
 	}
-	defer done()
-	unlock := p.locks.Lock(name)
-	defer unlock()
-	if _, err := p.st.get(name); err != nil {
-		return err
-	}
+	defer release()
 	return p.removeDM(ctx, p.dmName(name), deferred)
 }
 
-// removeDM removes a dm device, retrying briefly while it is busy (a
-// closing opener), and maps EBUSY to ErrBusy.
+// removeDM removes a dm device, retrying briefly while it is busy (an
+// opener closing it), and maps a lasting EBUSY to ErrBusy. A missing device
+// counts as removed.
 func (p *Pool) removeDM(ctx context.Context, dm string, deferred bool) error {
-	const tries = 5
-	var err error
-	for i := 0; i < tries; i++ {
-		err = p.dm.Remove(dm, devmapper.RemoveOptions{Deferred: deferred})
-		if err == nil || devmapper.IsNotFound(err) {
+	err := retryBusy(ctx, 5, 10*time.Millisecond, func() error {
+		err := p.dm.Remove(dm, devmapper.RemoveOptions{Deferred: deferred})
+		if devmapper.IsNotFound(err) {
 			return nil
 		}
-		if !devmapper.IsBusy(err) {
+		return err
+	})
+	if devmapper.IsBusy(err) {
+		return errors.Join(fmt.Errorf("%w: %s", ErrBusy, dm), err)
+	}
+	return err
+}
+
+// retryBusy calls f until it returns anything but EBUSY, at most tries
+// times, sleeping base, 2*base, 4*base... in between, or until ctx ends.
+func retryBusy(ctx context.Context, tries int, base time.Duration, f func() error) error {
+	var err error
+	for i := 0; i < tries; i++ {
+		if err = f(); !errors.Is(err, unix.EBUSY) || i == tries-1 {
 			return err
 		}
 		select {
 		case <-ctx.Done():
-			return errors.Join(fmt.Errorf("%w: %s", ErrBusy, dm), err, ctx.Err())
-		case <-time.After(time.Duration(10<<i) * time.Millisecond):
+			return errors.Join(err, ctx.Err())
+		case <-time.After(base << i):
 		}
 	}
-	return errors.Join(fmt.Errorf("%w: %s", ErrBusy, dm), err)
+	return err
 }
 
 // DeleteOptions modify Delete.
@@ -325,17 +342,11 @@ type DeleteOptions struct {
 // Delete deactivates the device and deletes it from the pool. Snapshots of
 // it are independent thin devices and stay.
 func (p *Pool) Delete(ctx context.Context, name string, opts DeleteOptions) error {
-	done, err := p.enter()
+	rec, release, err := p.lockDevice(name)
 	if err != nil {
 		return err
 	}
-	defer done()
-	unlock := p.locks.Lock(name)
-	defer unlock()
-	rec, err := p.st.get(name)
-	if err != nil {
-		return err
-	}
+	defer release()
 	return p.deleteLocked(ctx, rec, opts)
 }
 
@@ -430,20 +441,14 @@ func (p *Pool) processNames(ctx context.Context, names []string) error {
 // Resize grows a device to size bytes. An active device's table is
 // reloaded; the filesystem on it is the caller's to grow.
 func (p *Pool) Resize(ctx context.Context, name string, size int64) error {
-	done, err := p.enter()
-	if err != nil {
-		return err
-	}
-	defer done()
 	if _, err := checkSize(size); err != nil {
 		return err
 	}
-	unlock := p.locks.Lock(name)
-	defer unlock()
-	rec, err := p.st.get(name)
+	rec, release, err := p.lockDevice(name)
 	if err != nil {
 		return err
 	}
+	defer release()
 	if size < rec.Size {
 		return fmt.Errorf("thinpool: resize %q to %d bytes: shrinking (from %d) is not supported", name, size, rec.Size)
 	}

@@ -213,7 +213,7 @@ func TestPoolLifecycle(t *testing.T) {
 
 	// Resize grows an active device.
 	require.NoError(t, tp.Resize(ctx, "s1", 96*MiB))
-	size, err := blockDevSize(ps1)
+	size, err := devSize(tp.dev(t, ps1))
 	require.NoError(t, err)
 	assert.Equal(t, int64(96*MiB), size)
 	assert.Error(t, tp.Resize(ctx, "s1", 32*MiB))
@@ -414,3 +414,11 @@ func recordIDs(t *testing.T, p *Pool) []uint32 {
 }
 
 var _ = bytes.Equal
+
+// dev returns the device number of a block node.
+func (tp *testPool) dev(t *testing.T, path string) devmapper.Dev {
+	t.Helper()
+	d, err := devOf(path)
+	require.NoError(t, err)
+	return d
+}

@@ -1,6 +1,7 @@
 package thinpool
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -52,18 +53,13 @@ func (p *Pool) setTxIDLocked(next uint64) error {
 // pool still counts it open and answers EBUSY. That window is short, so
 // EBUSY is retried a few times.
 func (p *Pool) deleteThinLocked(id uint32) error {
-	var err error
-	for i := 0; i < 8; i++ {
-		err = p.message(fmt.Sprintf("delete %d", id))
+	return retryBusy(context.Background(), 8, 5*time.Millisecond, func() error {
+		err := p.message(fmt.Sprintf("delete %d", id))
 		if errors.Is(err, unix.ENODATA) {
 			return nil
 		}
-		if !errors.Is(err, unix.EBUSY) {
-			return err
-		}
-		time.Sleep(time.Duration(5<<i) * time.Millisecond)
-	}
-	return err
+		return err
+	})
 }
 
 // commitMetadata makes the pool commit its metadata (a status read without

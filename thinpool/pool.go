@@ -153,9 +153,6 @@ func (p *Pool) recordPool(isNew bool) error {
 		if err := meta.Put(keyPoolName, []byte(p.name)); err != nil {
 			return err
 		}
-		if err := meta.Put(keySource, []byte(p.opts.source())); err != nil {
-			return err
-		}
 		return putU64(meta, keyBlockSize, p.blockSize.Bytes())
 	})
 }
@@ -240,17 +237,13 @@ func (p *Pool) Shutdown(ctx context.Context) error {
 }
 
 // devOf returns the device number of a block device path.
-func devOf(path string) (devmapper.Dev, int64, error) {
+func devOf(path string) (devmapper.Dev, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
-		return devmapper.Dev{}, 0, fmt.Errorf("thinpool: %s: %w", path, err)
+		return devmapper.Dev{}, fmt.Errorf("thinpool: %s: %w", path, err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
-		return devmapper.Dev{}, 0, fmt.Errorf("thinpool: %s is not a block device", path)
+		return devmapper.Dev{}, fmt.Errorf("thinpool: %s is not a block device", path)
 	}
-	size, err := blockDevSize(path)
-	if err != nil {
-		return devmapper.Dev{}, 0, err
-	}
-	return devmapper.DecodeDev(st.Rdev), size, nil
+	return devmapper.DecodeDev(st.Rdev), nil
 }

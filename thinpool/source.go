@@ -5,9 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"unsafe"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/dmthin/dmthin/devmapper"
 	"github.com/dmthin/dmthin/loopback"
@@ -94,11 +91,11 @@ func loopDev(l *loopback.Device) devmapper.Dev {
 // useDevices builds the pool over given block devices.
 func (p *Pool) useDevices(isNew bool) error {
 	p.dataPath, p.metaPath = p.opts.DataDevice, p.opts.MetadataDevice
-	md, _, err := devOf(p.metaPath)
+	md, err := devOf(p.metaPath)
 	if err != nil {
 		return err
 	}
-	dd, _, err := devOf(p.dataPath)
+	dd, err := devOf(p.dataPath)
 	if err != nil {
 		return err
 	}
@@ -250,20 +247,6 @@ func devSize(dev devmapper.Dev) (int64, error) {
 		return 0, fmt.Errorf("thinpool: size of %s: %w", dev, err)
 	}
 	return sectors * devmapper.SectorSize, nil
-}
-
-// blockDevSize asks a block device for its size (BLKGETSIZE64).
-func blockDevSize(path string) (int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, fmt.Errorf("thinpool: %w", err)
-	}
-	defer f.Close()
-	var size uint64
-	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.BLKGETSIZE64, uintptr(unsafe.Pointer(&size))); e != 0 {
-		return 0, fmt.Errorf("thinpool: BLKGETSIZE64 %s: %w", path, e)
-	}
-	return int64(size), nil
 }
 
 // zeroHeader zeroes the first 4 KiB of a device and syncs it.

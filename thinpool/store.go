@@ -48,7 +48,6 @@ var (
 	keyPrefix     = []byte("prefix")    // device-mapper name prefix
 	keyPoolName   = []byte("pool")      // pool device name
 	keyBlockSize  = []byte("blocksize") // data block size in bytes
-	keySource     = []byte("source")
 )
 
 // txn is a store transaction.

@@ -1,12 +1,14 @@
 package thinpool
 
 import (
+	"context"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 func TestStoreRecordsAndIDs(t *testing.T) {
@@ -70,4 +72,33 @@ func TestStoreLockedBySecondOpener(t *testing.T) {
 	_, err = openStore(path)
 	assert.ErrorIs(t, err, ErrLocked)
 	assert.Less(t, time.Since(start), 5*time.Second)
+}
+
+func TestRetryBusy(t *testing.T) {
+	calls := 0
+	err := retryBusy(context.Background(), 4, time.Millisecond, func() error {
+		calls++
+		if calls < 3 {
+			return unix.EBUSY
+		}
+		return nil
+	})
+	assert.NoError(t, err)
+	assert.Equal(t, 3, calls)
+
+	calls = 0
+	err = retryBusy(context.Background(), 4, time.Millisecond, func() error { calls++; return unix.EBUSY })
+	assert.ErrorIs(t, err, unix.EBUSY)
+	assert.Equal(t, 4, calls, "bounded")
+
+	calls = 0
+	err = retryBusy(context.Background(), 4, time.Millisecond, func() error { calls++; return unix.EIO })
+	assert.ErrorIs(t, err, unix.EIO)
+	assert.Equal(t, 1, calls, "other errors are not retried")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err = retryBusy(ctx, 4, time.Hour, func() error { return unix.EBUSY })
+	assert.ErrorIs(t, err, context.Canceled)
+	assert.ErrorIs(t, err, unix.EBUSY)
 }
