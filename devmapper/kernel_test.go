@@ -51,6 +51,16 @@ func removeOnCleanup(t *testing.T, c *devmapper.Client, name string) {
 	})
 }
 
+// zeroDevice activates a small zero-target device, removed at cleanup.
+func zeroDevice(t *testing.T, c *devmapper.Client, what string) string {
+	t.Helper()
+	name := devName(t, what)
+	removeOnCleanup(t, c, name)
+	_, err := c.Activate(name, "", devmapper.Table{{Length: 8, Params: devmapper.RawParams{Type: "zero"}}}, false)
+	require.NoError(t, err)
+	return name
+}
+
 // loopDev makes a sparse file of size bytes and attaches it.
 func loopDev(t *testing.T, size int64) devmapper.Dev {
 	t.Helper()
@@ -155,10 +165,8 @@ func TestLifecycleZeroTarget(t *testing.T) {
 // it; see hack/README.md).
 func TestRename(t *testing.T) {
 	c := client(t)
-	name := devName(t, "torename")
-	removeOnCleanup(t, c, name)
-	_, err := c.Activate(name, "", devmapper.Table{{Length: 8, Params: devmapper.RawParams{Type: "zero"}}}, false)
-	require.NoError(t, err)
+	name := zeroDevice(t, c, "torename")
+	var err error
 	// Rename moves the node.
 	newName := name + "-renamed"
 	removeOnCleanup(t, c, newName)
@@ -177,10 +185,7 @@ func TestRename(t *testing.T) {
 
 func TestDeferredRemove(t *testing.T) {
 	c := client(t)
-	name := devName(t, "deferred")
-	removeOnCleanup(t, c, name)
-	_, err := c.Activate(name, "", devmapper.Table{{Length: 8, Params: devmapper.RawParams{Type: "zero"}}}, false)
-	require.NoError(t, err)
+	name := zeroDevice(t, c, "deferred")
 	f, err := os.Open(c.NodePath(name))
 	require.NoError(t, err)
 	require.NoError(t, c.Remove(name, devmapper.RemoveOptions{Deferred: true}))

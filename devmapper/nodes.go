@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -54,18 +56,21 @@ func (c *Client) EnsureNode(name string) (string, error) {
 }
 
 // PruneNodes removes block nodes in NodeDir that name no existing
-// device-mapper device: the nodes left by deferred removes that completed. Only block nodes with the device-mapper major are
-// touched; symlinks (udev's) and other files are left alone.
+// device-mapper device: the nodes left by deferred removes that completed.
+// Only block nodes with the device-mapper major are touched; symlinks
+// (udev's) and other files are left alone.
 func (c *Client) PruneNodes() error {
 	live, err := c.List()
 	if err != nil {
 		return err
 	}
+	major, err := dmMajor()
+	if err != nil {
+		return err
+	}
 	names := make(map[string]bool, len(live))
-	var dmMajor uint32
 	for _, l := range live {
 		names[l.Name] = true
-		dmMajor = l.Dev.Major
 	}
 	entries, err := os.ReadDir(c.nodeDir)
 	if err != nil {
@@ -73,18 +78,12 @@ func (c *Client) PruneNodes() error {
 	}
 	var errs []error
 	for _, e := range entries {
-		if names[e.Name()] || e.Type()&os.ModeDevice == 0 || e.Type()&os.ModeCharDevice != 0 {
+		if names[e.Name()] || e.Type()&os.ModeType != os.ModeDevice {
 			continue
 		}
-		var st unix.Stat_t
 		p := filepath.Join(c.nodeDir, e.Name())
-		if err := unix.Lstat(p, &st); err != nil {
-			continue
-		}
-		if dmMajor != 0 && unix.Major(st.Rdev) != dmMajor {
-			continue
-		}
-		if dmMajor == 0 && !isDMMajor(unix.Major(st.Rdev)) {
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil || unix.Major(st.Rdev) != major {
 			continue
 		}
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -94,41 +93,28 @@ func (c *Client) PruneNodes() error {
 	return errors.Join(errs...)
 }
 
-// isDMMajor checks /proc/devices for the device-mapper block major.
-func isDMMajor(major uint32) bool {
+// dmMajor reads the device-mapper block major from /proc/devices.
+func dmMajor() (uint32, error) {
 	data, err := os.ReadFile("/proc/devices")
 	if err != nil {
-		return false
+		return 0, fmt.Errorf("devmapper: %w", err)
 	}
-	var m uint32
-	var name string
-	block := false
-	for _, line := range splitLines(string(data)) {
-		if line == "Block devices:" {
-			block = true
-			continue
-		}
-		if !block {
-			continue
-		}
-		if n, _ := fmt.Sscanf(line, "%d %s", &m, &name); n == 2 && name == "device-mapper" {
-			return m == major
-		}
-	}
-	return false
+	return parseDMMajor(string(data))
 }
 
-func splitLines(s string) []string {
-	var out []string
-	start := 0
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\n' {
-			out = append(out, s[start:i])
-			start = i + 1
+// parseDMMajor finds device-mapper among the block devices of a
+// /proc/devices text (a character device of that name would not count).
+func parseDMMajor(data string) (uint32, error) {
+	_, block, _ := strings.Cut(data, "Block devices:")
+	for _, line := range strings.Split(block, "\n") {
+		num, name, ok := strings.Cut(strings.TrimSpace(line), " ")
+		if ok && name == "device-mapper" {
+			v, err := strconv.ParseUint(num, 10, 32)
+			if err != nil {
+				return 0, fmt.Errorf("devmapper: /proc/devices: %w", err)
+			}
+			return uint32(v), nil
 		}
 	}
-	if start < len(s) {
-		out = append(out, s[start:])
-	}
-	return out
+	return 0, fmt.Errorf("%w: no device-mapper block major in /proc/devices", ErrUnsupported)
 }

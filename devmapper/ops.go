@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -251,10 +252,6 @@ func (c *Client) Message(name string, sector Sectors, msg string) (string, error
 }
 
 func firstWord(s string) string {
-	for i := 0; i < len(s); i++ {
-		if s[i] == ' ' {
-			return s[:i]
-		}
-	}
-	return s
+	w, _, _ := strings.Cut(s, " ")
+	return w
 }

@@ -186,3 +186,13 @@ func TestCheckName(t *testing.T) {
 		assert.ErrorIs(t, checkName(n), ErrBadName, "%q", n)
 	}
 }
+
+func TestParseDMMajor(t *testing.T) {
+	// Shortened from the test VM's /proc/devices (Debian 6.1).
+	procDevices := "Character devices:\n  1 mem\n 10 misc\n254 gpiochip\n\nBlock devices:\n  7 loop\n  8 sd\n253 virtblk\n254 device-mapper\n259 blkext\n"
+	m, err := parseDMMajor(procDevices)
+	require.NoError(t, err)
+	assert.Equal(t, uint32(254), m)
+	_, err = parseDMMajor("Character devices:\n 10 misc\n\nBlock devices:\n  7 loop\n")
+	assert.ErrorIs(t, err, ErrUnsupported)
+}
