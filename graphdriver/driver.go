@@ -149,18 +149,24 @@ func (d *Driver) enter() (func(), error) {
 	return d.closeMu.RUnlock, nil
 }
 
+// lockLayer enters the driver, checks id and locks it; release undoes
+// both. The methods that act on one layer start with it.
+func (d *Driver) lockLayer(id string) (release func(), err error) {
+	if err := ValidateID(id); err != nil {
+		return nil, err
+	}
+	done, err := d.enter()
+	if err != nil {
+		return nil, err
+	}
+	unlock := d.locks.Lock(id)
+	return func() { unlock(); done() }, nil
+}
+
 // Create makes layer id as a snapshot of parent, or of the base device when
 // parent is "". opts may carry StorageOpt["size"]; see CreateOpts.
 // On error nothing was made.
 func (d *Driver) Create(id, parent string, opts *CreateOpts) error {
-	done, err := d.enter()
-	if err != nil {
-		return err
-	}
-	defer done()
-	if err := ValidateID(id); err != nil {
-		return err
-	}
 	if parent != "" {
 		if err := ValidateID(parent); err != nil {
 			return fmt.Errorf("parent: %w", err)
@@ -170,8 +176,11 @@ func (d *Driver) Create(id, parent string, opts *CreateOpts) error {
 	if err != nil {
 		return err
 	}
-	unlock := d.locks.Lock(id)
-	defer unlock()
+	release, err := d.lockLayer(id)
+	if err != nil {
+		return err
+	}
+	defer release()
 	return d.createLocked(context.Background(), id, parent, size)
 }
 
@@ -263,16 +272,11 @@ func (d *Driver) createLocked(ctx context.Context, id, parent string, size int64
 // unless deferred deletion is on: then the layer is gone for the driver
 // (Exists is false) and its device is deleted once closed.
 func (d *Driver) Remove(id string) error {
-	done, err := d.enter()
+	release, err := d.lockLayer(id)
 	if err != nil {
 		return err
 	}
-	defer done()
-	if err := ValidateID(id); err != nil {
-		return err
-	}
-	unlock := d.locks.Lock(id)
-	defer unlock()
+	defer release()
 	ctx := context.Background()
 	name := deviceName(id)
 	dev, err := d.pool.Get(name)

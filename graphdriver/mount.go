@@ -73,16 +73,11 @@ func (d *Driver) adoptMounts() error {
 // SELinux context of the files (used on the first Get only, which mounts;
 // ignored when SELinux is not enabled).
 func (d *Driver) Get(id, mountLabel string) (string, error) {
-	done, err := d.enter()
+	release, err := d.lockLayer(id)
 	if err != nil {
 		return "", err
 	}
-	defer done()
-	if err := ValidateID(id); err != nil {
-		return "", err
-	}
-	unlock := d.locks.Lock(id)
-	defer unlock()
+	defer release()
 	mp := d.mountPoint(id)
 	root := filepath.Join(mp, rootfsDir)
 	if m := d.mountOf(id); m != nil {
@@ -120,16 +115,11 @@ func (d *Driver) Get(id, mountLabel string) (string, error) {
 // device (deferred, when dm.use_deferred_removal is on and the device is
 // still held by someone else).
 func (d *Driver) Put(id string) error {
-	done, err := d.enter()
+	release, err := d.lockLayer(id)
 	if err != nil {
 		return err
 	}
-	defer done()
-	if err := ValidateID(id); err != nil {
-		return err
-	}
-	unlock := d.locks.Lock(id)
-	defer unlock()
+	defer release()
 	m := d.mountOf(id)
 	if m == nil {
 		return fmt.Errorf("%w: %q", ErrNotMounted, id)
