@@ -218,13 +218,13 @@ func (d *Driver) storageSize(opts *CreateOpts) (int64, error) {
 
 func (d *Driver) createLocked(ctx context.Context, id, parent string, size int64) error {
 	name := deviceName(id)
-	if dev, err := d.pool.Get(name); err == nil {
+	if dev, err := d.pool.Lookup(name); err == nil {
 		if !deleting(dev) {
 			return fmt.Errorf("%w: %q", ErrExists, id)
 		}
 		// A pending deletion of the same id: finish it if it can be.
 		perr := d.retryDeletions(ctx)
-		if _, err := d.pool.Get(name); err == nil {
+		if _, err := d.pool.Lookup(name); err == nil {
 			return fmt.Errorf("%w: %q is still being deleted: %w", ErrExists, id, perr)
 		}
 	} else if !errors.Is(err, thinpool.ErrNotFound) {
@@ -235,7 +235,7 @@ func (d *Driver) createLocked(ctx context.Context, id, parent string, size int64
 	if parent != "" {
 		parentDev = deviceName(parent)
 	}
-	pdev, err := d.pool.Get(parentDev)
+	pdev, err := d.pool.Lookup(parentDev)
 	if errors.Is(err, thinpool.ErrNotFound) || (err == nil && deleting(pdev)) {
 		return fmt.Errorf("%w: %q (creating %q)", ErrParentNotFound, parent, id)
 	}
@@ -279,7 +279,7 @@ func (d *Driver) Remove(id string) error {
 	defer release()
 	ctx := context.Background()
 	name := deviceName(id)
-	dev, err := d.pool.Get(name)
+	dev, err := d.pool.Lookup(name)
 	if errors.Is(err, thinpool.ErrNotFound) {
 		return fmt.Errorf("%w: %q", ErrNotFound, id)
 	}
@@ -327,7 +327,7 @@ func (d *Driver) Exists(id string) bool {
 	if ValidateID(id) != nil {
 		return false
 	}
-	dev, err := d.pool.Get(deviceName(id))
+	dev, err := d.pool.Lookup(deviceName(id))
 	return err == nil && dev.State == thinpool.StateReady
 }
 

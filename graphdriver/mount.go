@@ -86,7 +86,7 @@ func (d *Driver) Get(id, mountLabel string) (string, error) {
 	}
 	ctx := context.Background()
 	name := deviceName(id)
-	if dev, err := d.pool.Get(name); errors.Is(err, thinpool.ErrNotFound) || (err == nil && deleting(dev)) {
+	if dev, err := d.pool.Lookup(name); errors.Is(err, thinpool.ErrNotFound) || (err == nil && deleting(dev)) {
 		return "", fmt.Errorf("%w: %q", ErrNotFound, id)
 	} else if err != nil {
 		return "", fmt.Errorf("graphdriver: get %q: %w", id, err)

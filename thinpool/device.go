@@ -473,7 +473,24 @@ func (p *Pool) Resize(ctx context.Context, name string, size int64) error {
 	return nil
 }
 
-// Get describes one device.
+// Lookup describes one device from the store alone, without asking the
+// kernel: Active, Path, OpenCount and MappedBytes are left zero. Use it
+// where only the name, id, size, parent and state matter (existence checks
+// on a hot path); Get also reads the live state, at one or two ioctls.
+func (p *Pool) Lookup(name string) (Device, error) {
+	done, err := p.enter()
+	if err != nil {
+		return Device{}, err
+	}
+	defer done()
+	rec, err := p.st.get(name)
+	if err != nil {
+		return Device{}, err
+	}
+	return recordDevice(rec), nil
+}
+
+// Get describes one device, with its live state from the kernel.
 func (p *Pool) Get(name string) (Device, error) {
 	done, err := p.enter()
 	if err != nil {
@@ -513,11 +530,16 @@ func (p *Pool) List() ([]Device, error) {
 	return out, nil
 }
 
+// recordDevice is the part of a Device the store knows.
+func recordDevice(r *record) Device {
+	return Device{Name: r.Name, ID: r.ID, Size: r.Size, Parent: r.Parent, State: r.State,
+		DeferredDelete: r.State == StateDeferredDelete, Created: r.Created}
+}
+
 // describe fills in the live state. With a non-nil active map, devices not
 // in it are known inactive without asking the kernel.
 func (p *Pool) describe(r *record, active map[string]bool) Device {
-	d := Device{Name: r.Name, ID: r.ID, Size: r.Size, Parent: r.Parent, State: r.State,
-		DeferredDelete: r.State == StateDeferredDelete, Created: r.Created}
+	d := recordDevice(r)
 	dm := p.dmName(r.Name)
 	if active != nil && !active[dm] {
 		return d

@@ -180,6 +180,11 @@ func TestPoolLifecycle(t *testing.T) {
 	assert.True(t, d.Active)
 	assert.Equal(t, p2, d.Path)
 	assert.GreaterOrEqual(t, d.MappedBytes, int64(2*MiB))
+	l, err := tp.Lookup("s2")
+	require.NoError(t, err)
+	assert.Equal(t, d.ID, l.ID)
+	assert.Equal(t, d.Size, l.Size)
+	assert.False(t, l.Active, "Lookup does not ask the kernel")
 
 	list, err := tp.List()
 	require.NoError(t, err)
