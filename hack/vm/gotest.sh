@@ -168,6 +168,7 @@ vm_test_vm() {
 # $VM_WORK/console.log; packages failed here are added to VM_PKG_FAILED.
 # Returns non-zero when a package failed or the VM did not finish.
 vm_test_boots() {
+	vm_boot_lock
 	local todo=("$@") deadline=$((SECONDS + VM_TIMEOUT)) boot=0 status=0 rc
 	local initrd base_initrd log running pkg left=()
 	local all=$VM_WORK/console.log

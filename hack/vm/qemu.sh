@@ -115,6 +115,22 @@ vm_since() { awk -v a="$1" -v b="$(vm_now)" 'BEGIN { printf "%.1f", b - a }'; }
 # reported. Returns 0 when /init reported one, 124 on timeout (QEMU is
 # killed) and 125 when the VM stopped without reporting (kernel panic...).
 VM_STATUS=
+
+# vm_boot_lock: waits until no other hack/vm.sh of this machine runs a VM,
+# then holds the lock (fd 8) until this script exits. The machines this runs
+# on have two cores: two emulated guests at once make both slow enough for
+# timing-sensitive tests to fail.
+vm_boot_lock() {
+	[[ -z ${VM_BOOT_LOCKED:-} ]] || return 0
+	mkdir -p "$VM_CACHE" || vm_die "cannot create cache directory $VM_CACHE"
+	exec 8>"$VM_CACHE/boot.lock"
+	if ! flock -n 8; then
+		vm_log "another VM is running on this machine; waiting for it"
+		flock 8
+	fi
+	VM_BOOT_LOCKED=1
+}
+
 vm_boot_batch() {
 	local initrd=$1 timeout=$2 log=$3 fifo qpid tpid start deadline line
 	vm_qemu_cmd run "$initrd"
@@ -231,6 +247,7 @@ vm_cmd_run() {
 	initrd=$(vm_payload_pack)
 
 	local rc=0
+	vm_boot_lock
 	vm_boot_batch "$initrd" "$timeout" "$VM_WORK/console.log" || rc=$?
 	((rc == 0)) || exit "$rc"
 	vm_log "$1 exited with status $VM_STATUS; VM run ${VM_ELAPSED}s, /init reached at ${VM_BOOT:-?}s"
@@ -248,6 +265,7 @@ vm_cmd_shell() {
 	vm_payload_init
 	vm_payload_files
 	initrd=$(vm_payload_pack)
+	vm_boot_lock
 	vm_qemu_cmd shell "$initrd"
 	[[ -t 0 ]] || vm_log "warning: standard input is not a terminal"
 	"${VM_QEMU[@]}" -chardev stdio,id=con,mux=on,signal=off \
