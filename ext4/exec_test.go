@@ -3,12 +3,12 @@ package ext4
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/dmthin/dmthin/internal/testenv"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -95,16 +95,13 @@ func TestContextCancelledBeforeStart(t *testing.T) {
 }
 
 func TestContextCancelKillsTool(t *testing.T) {
-	sleep, err := exec.LookPath("sleep")
-	if err != nil {
-		t.Skipf("skipped: %v", err)
-	}
+	sleep := testenv.RequireTool(t, "sleep")
 	fakeTool(t, toolMkfs, "exec "+sleep+" 60")
 	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
 	defer cancel()
 
 	start := time.Now()
-	err = Format(ctx, filepath.Join(t.TempDir(), "disk.img"), FormatOptions{})
+	err := Format(ctx, filepath.Join(t.TempDir(), "disk.img"), FormatOptions{})
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	assert.Less(t, time.Since(start), 10*time.Second, "the tool was killed, not waited for")
 	var ee *ExecError

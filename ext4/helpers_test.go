@@ -18,16 +18,11 @@ import (
 
 // requireE2fsprogs skips the test when the e2fsprogs programs it runs are
 // not installed (these tests compare against the real tools), or fails it
-// when DMTHIN_REQUIRE_DM=1 says that this run must exercise everything.
+// under DMTHIN_REQUIRE_DM=1 (testenv.RequireTool).
 func requireE2fsprogs(t *testing.T, tools ...string) {
 	t.Helper()
 	for _, tool := range append([]string{toolMkfs, "dumpe2fs", "debugfs"}, tools...) {
-		if _, err := lookTool(tool); err != nil {
-			if testenv.Required() {
-				t.Fatalf("DMTHIN_REQUIRE_DM=1 but %v", err)
-			}
-			t.Skipf("skipped: %v", err)
-		}
+		testenv.RequireTool(t, tool)
 	}
 }
 

@@ -3,7 +3,6 @@ package ext4
 import (
 	"bytes"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -140,22 +139,12 @@ func TestGrowNotExt4(t *testing.T) {
 	require.ErrorIs(t, err, ErrNotExt4)
 }
 
-// sysTool finds a util-linux program for test setup.
+// sysTool finds a util-linux program for test setup (testenv.RequireTool:
+// a skip on a host that lacks it, a failure in a kernel run).
 func sysTool(t *testing.T, name string) string {
 	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
-		if p := filepath.Join(dir, name); fileExists(p) {
-			return p
-		}
-	}
-	t.Skipf("skipped: %s not installed", name)
-	return ""
+	return testenv.RequireTool(t, name)
 }
-
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 // hasCapability reports whether the effective capability set holds c.
 func hasCapability(t *testing.T, c uint) bool {

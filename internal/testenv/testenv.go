@@ -6,12 +6,16 @@
 // the environment variable DMTHIN_REQUIRE_DM=1 is set (the test VM sets it, and
 // so does a native run of hack/vm.sh test), a missing feature fails the test
 // instead: a run that was meant to exercise the kernel can never pass by
-// skipping.
+// skipping. The same holds for the programs a test runs (RequireTool): the
+// test VM has them all, so a missing one there is a harness defect to see,
+// not a reason to skip.
 package testenv
 
 import (
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -63,6 +67,39 @@ func DMUsable() error {
 		return fmt.Errorf("no usable device-mapper: not listed in /proc/devices")
 	}
 	return nil
+}
+
+// sbinDirs are searched after PATH: a non-root shell's PATH often lacks them,
+// where mkfs.ext4, losetup and dmsetup live.
+var sbinDirs = []string{"/usr/local/sbin", "/usr/sbin", "/sbin"}
+
+// RequireTool returns the path of the program name (found in PATH, then in
+// the sbin directories). When it is not installed the test is skipped, or
+// fails under DMTHIN_REQUIRE_DM=1 (see Required): a kernel run never skips
+// a test for a missing tool.
+func RequireTool(t testing.TB, name string) string {
+	t.Helper()
+	p, err := LookTool(name)
+	if err != nil {
+		missing(t, err.Error())
+	}
+	return p
+}
+
+// LookTool finds the program name in PATH, then in the sbin directories.
+func LookTool(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	if !strings.Contains(name, "/") {
+		for _, dir := range sbinDirs {
+			p := filepath.Join(dir, name)
+			if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
+				return p, nil
+			}
+		}
+	}
+	return "", fmt.Errorf("tool %s is not installed (searched PATH and %s)", name, strings.Join(sbinDirs, ":"))
 }
 
 // Suffix is appended to every device and file name a test creates, so that
