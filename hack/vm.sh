@@ -34,9 +34,12 @@ usage: hack/vm.sh COMMAND [ARGS]
   shell [--mem MB] [--file HOST[:GUEST]]...
         Boot the VM to an interactive shell (exit or Ctrl-D powers off,
         Ctrl-A x kills QEMU).
-  test [-race] [-run REGEX] [-skip REGEX] [-bench REGEX] [-timeout D] [-short] [PKG...]
+  test [-race] [-cover] [-run REGEX] [-skip REGEX] [-bench REGEX] [-timeout D] [-short] [PKG...]
         Run the packages' tests (default ./...) with DMTHIN_REQUIRE_DM=1:
         natively if this host's device-mapper works, else all in one VM boot.
+        -cover: statement coverage of every package of the module, merged
+        into out/cover.out, and a per-package table (COVER_MIN=PCT fails
+        when a package of COVER_PKGS, default all, is below PCT).
   build-initrd
         (Re)build the cached base initramfs.
 
@@ -98,6 +101,8 @@ source "$VM_HACK/vm/initrd.sh"
 source "$VM_HACK/vm/qemu.sh"
 # shellcheck source=vm/gotest.sh
 source "$VM_HACK/vm/gotest.sh"
+# shellcheck source=vm/cover.sh
+source "$VM_HACK/vm/cover.sh"
 
 main() {
 	local cmd=${1:-}

@@ -39,10 +39,11 @@ vm_summary() {
 }
 
 vm_cmd_test() {
-	local race='' run='' skip='' bench='' timeout='' short='' pkgs=()
+	local race='' cover='' run='' skip='' bench='' timeout='' short='' pkgs=()
 	while (($#)); do
 		case "$1" in
 		-race | --race) race=1; shift ;;
+		-cover | --cover) cover=1; shift ;;
 		-short | --short) short=1; shift ;;
 		-v | --v) shift ;; # always verbose: the counts come from -v output
 		-run | --run) run=${2?-run needs a value}; shift 2 ;;
@@ -68,17 +69,61 @@ vm_cmd_test() {
 	fi
 }
 
+# vm_cover_flags: sets VM_COVER_FLAGS to go test's coverage flags (none
+# without -cover). Every binary instruments every package of the module, in
+# the same mode, so their data merge.
+VM_COVER_FLAGS=()
+vm_cover_flags() {
+	VM_COVER_FLAGS=()
+	[[ -n $cover ]] || return 0
+	local pkgs
+	pkgs=$(vm_cover_pkgs) || vm_die "go list of the module's packages failed"
+	VM_COVER_FLAGS=(-cover "-coverpkg=$pkgs")
+	# -race needs atomic counters; set is the cheapest otherwise.
+	if [[ -n $race ]]; then
+		VM_COVER_FLAGS+=(-covermode=atomic)
+	else
+		VM_COVER_FLAGS+=(-covermode=set)
+	fi
+}
+
+# vm_go_quiet CMD...: runs CMD without -coverpkg's "no packages being tested
+# depend on matches" warnings (one per package a test binary does not link).
+vm_go_quiet() {
+	"$@" 2> >(grep -v '^warning: no packages being tested depend on matches for pattern' >&2)
+}
+
+# vm_test_cover_report DIR...: the coverage table of the run (see
+# hack/vm/cover.sh); out/ of the module gets the merged profile.
+vm_test_cover_report() {
+	local out
+	out=$(go list -m -f '{{.Dir}}')/out
+	vm_cover_report "$out" "$@"
+}
+
 # vm_test_native: the host has a device-mapper: plain go test.
 vm_test_native() {
-	local args=(-v -count=1) rc=0
+	local args=(-v -count=1) rc=0 cdir=$VM_WORK/cover/native
 	[[ -z $race ]] || args+=(-race)
+	vm_cover_flags
+	args+=("${VM_COVER_FLAGS[@]}")
 	[[ -z $short ]] || args+=(-short)
 	[[ -z $run ]] || args+=(-run "$run")
 	[[ -z $skip ]] || args+=(-skip "$skip")
 	[[ -z $bench ]] || args+=(-bench "$bench")
 	[[ -z $timeout ]] || args+=(-timeout "$timeout")
 	vm_log "this host's device-mapper works: running the tests natively"
-	DMTHIN_REQUIRE_DM=1 go test "${args[@]}" "${pkgs[@]}" 2>&1 | tee "$VM_WORK/test.log" || rc=$?
+	if [[ -z $cover ]]; then
+		DMTHIN_REQUIRE_DM=1 go test "${args[@]}" "${pkgs[@]}" 2>&1 | tee "$VM_WORK/test.log" || rc=$?
+		vm_summary "$VM_WORK/test.log" "$rc"
+	fi
+	# One directory for all packages: the files are named by content hash
+	# and process, so packages and their child processes cannot clash.
+	mkdir -p "$cdir"
+	DMTHIN_REQUIRE_DM=1 GOCOVERDIR=$cdir go test "${args[@]}" "${pkgs[@]}" -args "-test.gocoverdir=$cdir" 2>&1 |
+		grep -v '^warning: no packages being tested depend on matches for pattern' |
+		tee "$VM_WORK/test.log" || rc=$?
+	vm_test_cover_report "$cdir" || rc=1
 	vm_summary "$VM_WORK/test.log" "$rc"
 }
 
@@ -91,6 +136,7 @@ vm_test_vm() {
 	fi
 	vm_prepare
 	vm_payload_init
+	vm_cover_flags
 	modroot=$(go list -m -f '{{.Dir}}') || vm_die "go list -m failed (not in a Go module?)"
 	list=$(go list -e -f '{{.ImportPath}}{{"\t"}}{{.Dir}}{{"\t"}}{{if or .TestGoFiles .XTestGoFiles}}yes{{else}}no{{end}}' "${pkgs[@]}") ||
 		vm_die "go list ${pkgs[*]} failed"
@@ -108,9 +154,9 @@ vm_test_vm() {
 		bin=$(basename "$dir").test
 		mkdir -p "$VM_PAYLOAD$gdir"
 		if [[ -n $race ]]; then
-			CGO_ENABLED=1 go test -race -c -o "$VM_PAYLOAD$gdir/$bin" "$pkg" || rc=$?
+			CGO_ENABLED=1 vm_go_quiet go test -race "${VM_COVER_FLAGS[@]}" -c -o "$VM_PAYLOAD$gdir/$bin" "$pkg" || rc=$?
 		else
-			CGO_ENABLED=0 go test -c -o "$VM_PAYLOAD$gdir/$bin" "$pkg" || rc=$?
+			CGO_ENABLED=0 vm_go_quiet go test "${VM_COVER_FLAGS[@]}" -c -o "$VM_PAYLOAD$gdir/$bin" "$pkg" || rc=$?
 		fi
 		if ((rc != 0)) || [[ ! -f $VM_PAYLOAD$gdir/$bin ]]; then
 			printf 'FAIL\t%s [build failed]\n' "$pkg"
@@ -143,7 +189,7 @@ vm_test_vm() {
 		[[ -z $skip ]] || echo "-test.skip=$skip"
 		[[ -z $bench ]] || echo "-test.bench=$bench"
 	} >"$VM_PAYLOAD/dmthin/test.flags"
-	echo 'exec sh /usr/libexec/dmthin/run-tests /dmthin/test.manifest /dmthin/test.flags' \
+	echo "exec sh /usr/libexec/dmthin/run-tests /dmthin/test.manifest /dmthin/test.flags${cover:+ /tmp/dmthin-cover}" \
 		>"$VM_PAYLOAD/dmthin/run.sh"
 	cp "$VM_PAYLOAD/dmthin/test.manifest" "$VM_WORK/manifest.all"
 	VM_PKG_FAILED=("${buildfail[@]/%/ [build failed]}")
@@ -156,6 +202,15 @@ vm_test_vm() {
 		for pkg in "${VM_PKG_FAILED[@]}"; do
 			printf 'vm:   FAIL\t%s\n' "$pkg"
 		done
+	fi
+	if [[ -n $cover ]]; then
+		local -a cdirs=()
+		local k i
+		k=$(vm_cover_extract "$VM_WORK/console.log" "$VM_WORK/cover") || status=1
+		for ((i = 1; i <= k; i++)); do
+			cdirs+=("$VM_WORK/cover/$i")
+		done
+		vm_test_cover_report "${cdirs[@]}" || status=1
 	fi
 	vm_summary "$VM_WORK/console.log" "$status"
 }

@@ -138,7 +138,8 @@ vm_boot_batch() {
 	rm -f "$fifo"
 	mkfifo "$fifo"
 	# The guest's console ends lines with \r\n; strip the \r for the log.
-	sed -u 's/\r$//' <"$fifo" | tee "$log" &
+	# The log keeps everything; the terminal is spared coverage data.
+	sed -u 's/\r$//' <"$fifo" | tee "$log" | vm_console_show &
 	tpid=$!
 	start=$(vm_now)
 	deadline=$((SECONDS + timeout))
