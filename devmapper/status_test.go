@@ -51,6 +51,9 @@ func TestParseThinPoolStatusErrorsNameField(t *testing.T) {
 		"0 1/2 1/2 - sideways":    "mode",
 		"0 1/2 1/2 - rw frobnite": "field 5",
 		"0 1/2":                   "want at least 5",
+		"0 x/2 1/2 - rw":          "metadata blocks",
+		"0 1/y 1/2 - rw":          "metadata blocks",
+		"0 1/2 1/2 - rw discard_passdown queue_if_no_space - lots": "metadata low watermark",
 	}
 	for in, field := range cases {
 		_, err := ParseThinPoolStatus(in)

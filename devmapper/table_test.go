@@ -30,6 +30,9 @@ func TestParseTableRoundTrip(t *testing.T) {
 		{"0 8 linear 8:16 2048", LinearParams{Device: Dev{8, 16}, Offset: 2048}},
 		{"0 100 flakey 7:0 0 1 1", RawParams{Type: "flakey", Params: "7:0 0 1 1"}},
 		{"0 100 error", RawParams{Type: "error"}},
+		{"0 2097152 thin-pool 7:1 7:0 128 0 2 ignore_discard read_only",
+			ThinPoolParams{Metadata: Dev{7, 1}, Data: Dev{7, 0}, BlockSize: 128,
+				Features: ThinPoolFeatures{IgnoreDiscard: true, ReadOnly: true}}},
 	}
 	for _, c := range cases {
 		t.Run(c.line, func(t *testing.T) {
@@ -57,6 +60,17 @@ func TestParseTableErrors(t *testing.T) {
 		"0 10 thin-pool 7:1 7:0 128 0 2 skip_block_zeroing",
 		"0 10 thin-pool 7:1 7:0 128 0 1 bogus_feature",
 		"0 10 linear 8:0",
+		"0 10 linear 8x0 0",
+		"0 10 linear 8:0 -1",
+		"0 10 thin 254:0 one",
+		"0 10 thin 254:0 1 7:x",
+		"0 10 thin-pool 7:1 7:0 128 0",
+		"0 10 thin-pool 7 7:0 128 0 0",
+		"0 10 thin-pool 7:1 x:0 128 0 0",
+		"0 10 thin-pool 7:1 7:0 big 0 0",
+		"0 10 thin-pool 7:1 7:0 128 low 0",
+		"x 10 error",
+		"0 10 thin 254:0 1\n\n0 10 linear 8:0",
 	} {
 		_, err := ParseTable(line)
 		assert.ErrorIs(t, err, ErrBadTable, line)
