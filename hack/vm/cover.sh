@@ -195,7 +195,7 @@ vm_console_show() {
 		skip && /^=== COVER-END / { skip = 0; print "vm: coverage data of " $3 " received"; fflush(); next }
 		# go test names every -coverpkg package on this line; the table
 		# at the end is the readable form.
-		!skip && /^coverage: .* of statements in / { sub(/ of statements in .*/, " of statements in the module (this binary)") }
+		!skip && /coverage: [0-9.]+% of statements in / { sub(/ of statements in .*/, " of statements in the module (this binary)") }
 		!skip { print; fflush() }
 	'
 }

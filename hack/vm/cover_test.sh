@@ -120,6 +120,7 @@ if grep -qE '^(=== COVER|[A-Za-z0-9+/]{76}$)' "$work/shown"; then
 	fail "vm_console_show let coverage data through"
 fi
 expect_line "$work/shown" '^--- PASS: TestB' "vm_console_show keeps test output"
+expect_line "$work/shown" '^coverage: [0-9.]+% of statements in the module \(this binary\)$' "vm_console_show shortens go test's coverage line"
 
 # The host side: extract, merge, table.
 n=$(vm_cover_extract "$work/console.log" "$work/host") || fail "vm_cover_extract of a clean log failed"

@@ -122,7 +122,7 @@ vm_test_native() {
 	mkdir -p "$cdir"
 	DMTHIN_REQUIRE_DM=1 GOCOVERDIR=$cdir go test "${args[@]}" "${pkgs[@]}" -args "-test.gocoverdir=$cdir" 2>&1 |
 		grep -v '^warning: no packages being tested depend on matches for pattern' |
-		tee "$VM_WORK/test.log" || rc=$?
+		tee "$VM_WORK/test.log" | vm_console_show || rc=$?
 	vm_test_cover_report "$cdir" || rc=1
 	vm_summary "$VM_WORK/test.log" "$rc"
 }
