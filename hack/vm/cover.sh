@@ -124,7 +124,8 @@ vm_cover_check() {
 		return 2
 	}
 	if (($# == 0)); then
-		set -- $(awk '$1 != "package" && $1 != "total" && $1 !~ /^-/ { print $1 }' "$table")
+		# shellcheck disable=SC2046 # one package name a line, no spaces
+		set -- $(awk 'NR > 1 && $1 != "total" { print $1 }' "$table")
 	fi
 	for pkg in "$@"; do
 		pkg=${pkg#./}

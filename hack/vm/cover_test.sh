@@ -13,7 +13,7 @@
 set -euo pipefail
 
 HACK=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=cover.sh
+# shellcheck source-path=SCRIPTDIR source=cover.sh
 source "$HACK/cover.sh"
 
 fails=0
