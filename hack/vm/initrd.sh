@@ -35,6 +35,7 @@ VM_MODULES=(
 	"- dm-zero"
 	"- loop max_loop=8"
 	"- ext4"
+	"- overlay"
 	"& xfs"
 	"? virtio_pci"
 	"? virtio_blk"
