@@ -4,7 +4,7 @@ SHELL := /bin/bash
 GO ?= go
 VM := hack/vm.sh
 
-.PHONY: test setup test-unit test-vm test-race shell demo bench
+.PHONY: test setup tools test-unit test-vm test-race shell demo bench
 
 # Everything: host unit tests (device-mapper tests skip there, with a reason),
 # then every package again with DMTHIN_REQUIRE_DM=1 in the VM or natively,
@@ -26,9 +26,29 @@ test-race:
 setup:
 	$(VM) setup
 
-test-unit:
-	$(GO) vet ./...
-	$(GO) test -count=1 ./...
+# Every Go module of the repository: the library and the moby/ adapter.
+MODULES := $(sort $(patsubst %/go.mod,%,$(shell find . -name go.mod -not -path './out/*')))
+
+# staticcheck, pinned; installed from the Go module proxy into out/bin.
+STATICCHECK_VERSION := v0.8.2
+STATICCHECK := $(CURDIR)/out/bin/staticcheck-$(STATICCHECK_VERSION)
+
+$(STATICCHECK):
+	mkdir -p out/bin
+	GOBIN=$(CURDIR)/out/bin $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	mv out/bin/staticcheck $@
+
+tools: $(STATICCHECK)
+
+# Host checks of every module: go.mod tidy, go vet, staticcheck, unit tests.
+# go vet also checks the files behind the kernel-test build tag (see
+# CONTRIBUTING.md, "Examples").
+test-unit: $(STATICCHECK)
+	@set -e; for m in $(MODULES); do \
+		echo "== module $$m"; \
+		(cd $$m && $(GO) mod tidy -diff && $(GO) vet ./... && $(GO) vet -tags dmthin_kernel ./... && \
+			$(STATICCHECK) ./... && $(STATICCHECK) -tags dmthin_kernel ./... && $(GO) test -count=1 ./...); \
+	done
 
 test-vm:
 	$(VM) test
