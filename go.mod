@@ -5,6 +5,7 @@ go 1.26.0
 require (
 	github.com/docker/go-units v0.5.0
 	github.com/moby/go-archive v0.3.3
+	github.com/moby/sys/mountinfo v0.7.2
 	github.com/moby/sys/user v0.4.1
 	github.com/sirupsen/logrus v1.10.2
 	github.com/stretchr/testify v1.12.1
