@@ -4,7 +4,7 @@ SHELL := /bin/bash
 GO ?= go
 VM := hack/vm.sh
 
-.PHONY: test setup tools test-unit test-vm test-race shell demo bench
+.PHONY: test setup tools test-unit test-moby test-vm test-race shell demo bench
 
 # Everything: host unit tests (device-mapper tests skip there, with a reason),
 # then every package again with DMTHIN_REQUIRE_DM=1 in the VM or natively,
@@ -15,8 +15,14 @@ test:
 	@rc=0; \
 	$(MAKE) --no-print-directory test-unit || { rc=1; echo "make test: host unit tests FAILED" >&2; }; \
 	$(VM) test || rc=1; \
+	$(MAKE) --no-print-directory test-moby || rc=1; \
 	$(MAKE) --no-print-directory test-race || rc=1; \
 	exit $$rc
+
+# The moby/ module in the VM: moby's graphdriver conformance suite
+# (graphtest), every test and every benchmark once.
+test-moby:
+	cd moby && ../$(VM) test -timeout 40m -bench . -benchtime 1x ./...
 
 # The concurrency tests again with the race detector (in the VM, or natively).
 test-race:
