@@ -3,6 +3,16 @@
 SHELL := /bin/bash
 GO ?= go
 VM := hack/vm.sh
+.DEFAULT_GOAL := test
+
+# staticcheck, pinned; installed from the Go module proxy into out/bin.
+STATICCHECK_VERSION := v0.8.2
+STATICCHECK := $(CURDIR)/out/bin/staticcheck-$(STATICCHECK_VERSION)
+
+$(STATICCHECK):
+	mkdir -p out/bin
+	GOBIN=$(CURDIR)/out/bin $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	mv out/bin/staticcheck $@
 
 .PHONY: test setup tools test-unit test-moby test-vm test-race shell demo bench
 
@@ -28,21 +38,13 @@ test-moby:
 test-race:
 	$(VM) test -race -run 'Concurren' ./thinpool/ ./graphdriver/
 
-# Host packages, the guest kernel and the cached base initramfs.
-setup:
+# Host packages, the guest kernel, the cached base initramfs, and the
+# pinned staticcheck.
+setup: $(STATICCHECK)
 	$(VM) setup
 
 # Every Go module of the repository: the library and the moby/ adapter.
 MODULES := $(sort $(patsubst %/go.mod,%,$(shell find . -name go.mod -not -path './out/*')))
-
-# staticcheck, pinned; installed from the Go module proxy into out/bin.
-STATICCHECK_VERSION := v0.8.2
-STATICCHECK := $(CURDIR)/out/bin/staticcheck-$(STATICCHECK_VERSION)
-
-$(STATICCHECK):
-	mkdir -p out/bin
-	GOBIN=$(CURDIR)/out/bin $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
-	mv out/bin/staticcheck $@
 
 tools: $(STATICCHECK)
 
