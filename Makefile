@@ -3,8 +3,18 @@
 SHELL := /bin/bash
 GO ?= go
 VM := hack/vm.sh
+.DEFAULT_GOAL := test
 
-.PHONY: test setup test-unit test-vm test-race test-hack cover shell demo bench
+# staticcheck, pinned; installed from the Go module proxy into out/bin.
+STATICCHECK_VERSION := v0.8.2
+STATICCHECK := $(CURDIR)/out/bin/staticcheck-$(STATICCHECK_VERSION)
+
+$(STATICCHECK):
+	mkdir -p out/bin
+	GOBIN=$(CURDIR)/out/bin $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	mv out/bin/staticcheck $@
+
+.PHONY: test setup tools test-unit test-hack test-moby test-vm test-race cover shell demo bench
 
 # Everything: host unit tests (device-mapper tests skip there, with a reason),
 # then every package again with DMTHIN_REQUIRE_DM=1 in the VM or natively,
@@ -18,20 +28,38 @@ test:
 	@rc=0; \
 	$(MAKE) --no-print-directory test-unit || { rc=1; echo "make test: host unit tests FAILED" >&2; }; \
 	$(VM) test -cover || rc=1; \
+	$(MAKE) --no-print-directory test-moby || rc=1; \
 	$(MAKE) --no-print-directory test-race || rc=1; \
 	exit $$rc
+
+# The moby/ module in the VM: moby's graphdriver conformance suite
+# (graphtest), every test and every benchmark once.
+test-moby:
+	cd moby && ../$(VM) test -timeout 40m -bench . -benchtime 1x ./...
 
 # The concurrency tests again with the race detector (in the VM, or natively).
 test-race:
 	$(VM) test -race -run 'Concurren' ./thinpool/ ./graphdriver/
 
-# Host packages, the guest kernel and the cached base initramfs.
-setup:
+# Host packages, the guest kernel, the cached base initramfs, and the
+# pinned staticcheck.
+setup: $(STATICCHECK)
 	$(VM) setup
 
-test-unit:
-	$(GO) vet ./...
-	$(GO) test -count=1 ./...
+# Every Go module of the repository: the library and the moby/ adapter.
+MODULES := $(sort $(patsubst %/go.mod,%,$(shell find . -name go.mod -not -path './out/*')))
+
+tools: $(STATICCHECK)
+
+# Host checks of every module: go.mod tidy, go vet, staticcheck, unit tests.
+# go vet also checks the files behind the kernel-test build tag (see
+# CONTRIBUTING.md, "Examples").
+test-unit: $(STATICCHECK)
+	@set -e; for m in $(MODULES); do \
+		echo "== module $$m"; \
+		(cd $$m && $(GO) mod tidy -diff && $(GO) vet ./... && $(GO) vet -tags dmthin_kernel ./... && \
+			$(STATICCHECK) ./... && $(STATICCHECK) -tags dmthin_kernel ./... && $(GO) test -count=1 ./...); \
+	done
 	$(MAKE) --no-print-directory test-hack
 
 # Host tests of the harness itself (no VM).

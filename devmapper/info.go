@@ -9,18 +9,18 @@ import (
 
 // Info describes a device as DM_DEV_STATUS reports it.
 type Info struct {
-	Name          string
-	UUID          string
-	Dev           Dev
-	OpenCount     int32
-	EventNr       uint32
-	TargetCount   uint32
-	Suspended     bool
-	ReadOnly      bool
-	LiveTable     bool // an active table is loaded
-	InactiveTable bool // a table is loaded and waiting for resume
+	Name          string `json:"name"`
+	UUID          string `json:"uuid"`
+	Dev           Dev    `json:"dev"`
+	OpenCount     int32  `json:"open_count"`
+	EventNr       uint32 `json:"event_nr"`
+	TargetCount   uint32 `json:"target_count"`
+	Suspended     bool   `json:"suspended"`
+	ReadOnly      bool   `json:"read_only"`
+	LiveTable     bool   `json:"live_table"`     // an active table is loaded
+	InactiveTable bool   `json:"inactive_table"` // a table is loaded and waiting for resume
 	// DeferredRemove is set when a deferred remove is pending.
-	DeferredRemove bool
+	DeferredRemove bool `json:"deferred_remove"`
 }
 
 func infoFrom(h *unix.DmIoctl) Info {

@@ -50,18 +50,18 @@ const (
 
 // ThinPoolStatus is the parsed status line of a thin-pool target.
 type ThinPoolStatus struct {
-	Mode               PoolMode
-	TransactionID      uint64
-	UsedMetadataBlocks uint64 // 4 KiB metadata blocks
-	TotalMetadata      uint64
-	UsedDataBlocks     uint64 // data blocks of the pool's block size
-	TotalDataBlocks    uint64
-	HeldMetadataRoot   *uint64 // nil when no metadata snapshot is held
-	DiscardPassdown    bool
-	NoSpace            NoSpacePolicy
-	NeedsCheck         bool
+	Mode               PoolMode      `json:"mode"`
+	TransactionID      uint64        `json:"transaction_id"`
+	UsedMetadataBlocks uint64        `json:"used_metadata_blocks"` // 4 KiB metadata blocks
+	TotalMetadata      uint64        `json:"total_metadata"`
+	UsedDataBlocks     uint64        `json:"used_data_blocks"` // data blocks of the pool's block size
+	TotalDataBlocks    uint64        `json:"total_data_blocks"`
+	HeldMetadataRoot   *uint64       `json:"held_metadata_root"` // nil when no metadata snapshot is held
+	DiscardPassdown    bool          `json:"discard_passdown"`
+	NoSpace            NoSpacePolicy `json:"no_space"`
+	NeedsCheck         bool          `json:"needs_check"`
 	// MetadataLowWatermark is 0 on kernels that do not print it.
-	MetadataLowWatermark uint64
+	MetadataLowWatermark uint64 `json:"metadata_low_watermark"`
 }
 
 // MetadataBlockSize is the thin pool metadata block size in bytes.
@@ -158,10 +158,10 @@ func parseRatio(s string) (uint64, uint64, error) {
 
 // ThinStatus is the parsed status line of a thin target.
 type ThinStatus struct {
-	Failed        bool
-	MappedSectors Sectors
+	Failed        bool    `json:"failed"`
+	MappedSectors Sectors `json:"mapped_sectors"`
 	// HighestMapped is the last mapped sector; nil when nothing is mapped.
-	HighestMapped *Sectors
+	HighestMapped *Sectors `json:"highest_mapped"`
 }
 
 // ParseThinStatus reads "<mapped sectors> <highest mapped sector|->" or

@@ -76,7 +76,7 @@ func Init(home string, options []string, logger logrus.FieldLogger) (*Driver, er
 // it when cfg.BaseSize asks for more. Layers left mounted by a previous
 // process are adopted: Put or Cleanup unmounts them.
 func New(home string, cfg Config, logger logrus.FieldLogger) (_ *Driver, err error) {
-	if err := cfg.Validate(); err != nil {
+	if err := errors.Join(cfg.Validate(), cfg.checkDevices()); err != nil {
 		return nil, err
 	}
 	if cfg.Filesystem == "" {
@@ -103,7 +103,7 @@ func New(home string, cfg Config, logger logrus.FieldLogger) (_ *Driver, err err
 	popts := cfg.poolOptions(home)
 	popts.Logger = d.log
 	if d.pool, err = thinpool.Open(ctx, popts); err != nil {
-		return nil, fmt.Errorf("graphdriver: open pool: %w", err)
+		return nil, cfg.thinPoolDevError(fmt.Errorf("graphdriver: open pool: %w", err))
 	}
 	defer func() {
 		if err != nil {

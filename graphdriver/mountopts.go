@@ -1,14 +1,24 @@
 package graphdriver
 
 import (
+	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 
+	"github.com/opencontainers/selinux/go-selinux"
+	"github.com/opencontainers/selinux/go-selinux/label"
 	"golang.org/x/sys/unix"
 )
 
 // mountFlags are the mount(8) options that are flags of mount(2) rather than
 // filesystem data. clear: the option turns the flag off.
+//
+// github.com/moby/sys/mount has the same table, but unexported: it is only
+// reachable through mount.Mount, which also takes the bind and propagation
+// options the driver refuses, and lacks lazytime. The flags themselves are
+// x/sys/unix's.
 var mountFlags = map[string]struct {
 	clear bool
 	flag  uintptr
@@ -41,16 +51,114 @@ var mountFlags = map[string]struct {
 	"loud":          {true, unix.MS_SILENT},
 }
 
-// refusedMountFlags change what kind of mount is made; the driver decides
-// that, so dm.mountopt may not carry them.
-var refusedMountFlags = map[string]struct{}{
-	"bind": {}, "rbind": {}, "remount": {}, "move": {},
-	"private": {}, "rprivate": {}, "shared": {}, "rshared": {},
-	"slave": {}, "rslave": {}, "unbindable": {}, "runbindable": {},
+// refusedMountOptions are options dm.mountopt may not carry, with the
+// reason: the driver decides what kind of mount a layer is and sets its
+// SELinux context from the mount label.
+var refusedMountOptions = map[string]string{
+	"bind": "the driver decides how layers are mounted", "rbind": "the driver decides how layers are mounted",
+	"remount": "the driver decides how layers are mounted", "move": "the driver decides how layers are mounted",
+	"private": "the driver decides how layers are mounted", "rprivate": "the driver decides how layers are mounted",
+	"shared": "the driver decides how layers are mounted", "rshared": "the driver decides how layers are mounted",
+	"slave": "the driver decides how layers are mounted", "rslave": "the driver decides how layers are mounted",
+	"unbindable": "the driver decides how layers are mounted", "runbindable": "the driver decides how layers are mounted",
+	"context": "the SELinux context comes from the mount label Get is given", "fscontext": "the SELinux context comes from the mount label Get is given",
+	"defcontext": "the SELinux context comes from the mount label Get is given", "rootcontext": "the SELinux context comes from the mount label Get is given",
+	"journal_dev": "a layer has the internal journal mkfs gave it", "journal_path": "a layer has the internal journal mkfs gave it",
+}
+
+// ext4Option is the value an ext4 mount option takes.
+type ext4Option struct {
+	flag    bool     // may stand alone (no "=")
+	number  bool     // takes an unsigned number (signed for mb_optimize_scan)
+	values  []string // takes one of these
+	str     bool     // takes any string (empty too)
+	removed bool     // the kernel ignores it with a warning
+}
+
+// ext4Options are the mount options of ext4 (fs/ext4/super.c,
+// ext4_param_specs, as of Linux 6.1; Documentation/filesystems/ext4.rst).
+var ext4Options = map[string]ext4Option{
+	"grpid": {flag: true}, "bsdgroups": {flag: true}, "nogrpid": {flag: true}, "sysvgroups": {flag: true},
+	"resgid": {number: true}, "resuid": {number: true}, "sb": {number: true},
+	"errors":  {values: []string{"continue", "panic", "remount-ro"}},
+	"nouid32": {flag: true}, "debug": {flag: true},
+	"user_xattr": {flag: true}, "nouser_xattr": {flag: true}, "acl": {flag: true}, "noacl": {flag: true},
+	"norecovery": {flag: true}, "noload": {flag: true},
+	"commit": {number: true}, "min_batch_time": {number: true}, "max_batch_time": {number: true},
+	"journal_checksum": {flag: true}, "nojournal_checksum": {flag: true}, "journal_async_commit": {flag: true},
+	"abort":     {flag: true},
+	"data":      {values: []string{"journal", "ordered", "writeback"}},
+	"data_err":  {values: []string{"abort", "ignore"}},
+	"usrjquota": {str: true}, "grpjquota": {str: true},
+	"jqfmt":    {values: []string{"vfsold", "vfsv0", "vfsv1"}},
+	"grpquota": {flag: true}, "quota": {flag: true}, "noquota": {flag: true}, "usrquota": {flag: true}, "prjquota": {flag: true},
+	"barrier": {flag: true, number: true}, "nobarrier": {flag: true},
+	"dax":    {flag: true, values: []string{"always", "never", "inode"}},
+	"stripe": {number: true}, "delalloc": {flag: true}, "nodelalloc": {flag: true},
+	"warn_on_error": {flag: true}, "nowarn_on_error": {flag: true},
+	"debug_want_extra_isize": {number: true},
+	"block_validity":         {flag: true}, "noblock_validity": {flag: true},
+	"inode_readahead_blks": {number: true}, "journal_ioprio": {number: true},
+	"auto_da_alloc": {flag: true, number: true}, "noauto_da_alloc": {flag: true},
+	"dioread_nolock": {flag: true}, "nodioread_nolock": {flag: true}, "dioread_lock": {flag: true},
+	"discard": {flag: true}, "nodiscard": {flag: true},
+	"init_itable": {flag: true, number: true}, "noinit_itable": {flag: true},
+	"max_dir_size_kb":       {number: true},
+	"test_dummy_encryption": {flag: true, str: true},
+	"inlinecrypt":           {flag: true}, "nombcache": {flag: true}, "no_mbcache": {flag: true},
+	"no_prefetch_block_bitmaps": {flag: true}, "mb_optimize_scan": {number: true},
+	"seclabel": {flag: true},
+	// Accepted by the kernel and ignored, with a warning.
+	"bsddf": {flag: true, removed: true}, "minixdf": {flag: true, removed: true},
+	"oldalloc": {flag: true, removed: true}, "orlov": {flag: true, removed: true},
+	"bh": {flag: true, removed: true}, "nobh": {flag: true, removed: true},
+	"mblk_io_submit": {flag: true, removed: true}, "nomblk_io_submit": {flag: true, removed: true},
+	"prefetch_block_bitmaps": {flag: true, removed: true}, "i_version": {flag: true, removed: true},
+}
+
+// checkMountOption reports whether o (one dm.mountopt option) is a mount
+// flag or an ext4 option with a value it takes.
+func checkMountOption(o string) error {
+	if o == "" {
+		return errors.New("empty mount option")
+	}
+	if _, ok := mountFlags[o]; ok {
+		return nil
+	}
+	key, val, hasVal := strings.Cut(o, "=")
+	if why, ok := refusedMountOptions[key]; ok {
+		return errors.New(why)
+	}
+	spec, ok := ext4Options[key]
+	switch {
+	case !ok:
+		return errors.New("unknown mount option: neither a mount flag nor an ext4 option")
+	case spec.removed:
+		return errors.New("removed from ext4: the kernel ignores it")
+	case !hasVal:
+		if !spec.flag {
+			return errors.New("needs a value")
+		}
+		return nil
+	case spec.str:
+		return nil
+	case spec.number:
+		if _, err := strconv.ParseUint(val, 10, 32); err != nil {
+			return fmt.Errorf("want a number: %w", err)
+		}
+		return nil
+	case spec.values != nil:
+		if !slices.Contains(spec.values, val) {
+			return fmt.Errorf("want one of %s", strings.Join(spec.values, ", "))
+		}
+		return nil
+	}
+	return errors.New("takes no value")
 }
 
 // mountOptions splits mount(8)-style options into mount(2) flags and the
-// filesystem's data string, and adds the SELinux context of label.
+// filesystem's data string, and adds the SELinux context of label
+// (go-selinux's label.FormatMountLabel).
 func mountOptions(opts []string, label string) (flags uintptr, data string) {
 	var fsOpts []string
 	for _, o := range opts {
@@ -64,15 +172,13 @@ func mountOptions(opts []string, label string) (flags uintptr, data string) {
 		}
 		fsOpts = append(fsOpts, o)
 	}
-	if label != "" {
-		fsOpts = append(fsOpts, fmt.Sprintf("context=%q", label))
-	}
-	return flags, strings.Join(fsOpts, ",")
+	return flags, formatMountLabel(strings.Join(fsOpts, ","), label)
 }
 
-// selinuxEnabled reports whether SELinux is active: selinuxfs is mounted
-// where the kernel puts it.
-func selinuxEnabled() bool {
-	var st unix.Statfs_t
-	return unix.Statfs("/sys/fs/selinux", &st) == nil && uint32(st.Type) == unix.SELINUX_MAGIC
-}
+// formatMountLabel is label.FormatMountLabel; the name keeps it apart from
+// mountOptions' parameter.
+var formatMountLabel = label.FormatMountLabel
+
+// selinuxEnabled reports whether SELinux is active (go-selinux: selinuxfs
+// mounted and enforcing or permissive).
+func selinuxEnabled() bool { return selinux.GetEnabled() }

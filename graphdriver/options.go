@@ -3,10 +3,13 @@ package graphdriver
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
 	"github.com/docker/go-units"
+	"golang.org/x/sys/unix"
 
 	"github.com/dmthin/dmthin/ext4"
 	"github.com/dmthin/dmthin/thinpool"
@@ -21,6 +24,13 @@ const (
 	MinBaseSize = 16 * units.MiB
 	// FilesystemExt4 is the one filesystem the driver formats.
 	FilesystemExt4 = "ext4"
+
+	// The range of dm.loopmetadatasize: a thin pool's metadata needs 2MiB
+	// and uses at most 16GiB (thinpool checks the same).
+	minLoopMetadataSize = 2 * units.MiB
+	maxLoopMetadataSize = 16 * units.GiB
+	// maxDMNameLen is DM_NAME_LEN, counting the terminating NUL.
+	maxDMNameLen = 128
 )
 
 // Config is the driver's configuration. ParseOptions fills it from Docker's
@@ -221,8 +231,22 @@ func (c *Config) Validate() error {
 	} else if c.BaseSize%512 != 0 {
 		bad("dm.basesize %d is not a multiple of 512 bytes", c.BaseSize)
 	}
-	if c.LoopDataSize < 0 || c.LoopMetadataSize < 0 {
-		bad("dm.loopdatasize and dm.loopmetadatasize must be positive")
+	if c.LoopDataSize < 0 {
+		bad("dm.loopdatasize %d: must be positive", c.LoopDataSize)
+	}
+	if c.LoopMetadataSize < 0 {
+		bad("dm.loopmetadatasize %d: must be positive", c.LoopMetadataSize)
+	} else if c.LoopMetadataSize != 0 && (c.LoopMetadataSize < minLoopMetadataSize || c.LoopMetadataSize > maxLoopMetadataSize) {
+		bad("dm.loopmetadatasize %s: want %s to %s (what a thin pool's metadata can use)",
+			human(c.LoopMetadataSize), human(minLoopMetadataSize), human(maxLoopMetadataSize))
+	}
+	for _, d := range []struct{ opt, path string }{{"dm.datadev", c.DataDevice}, {"dm.metadatadev", c.MetadataDevice}} {
+		if d.path != "" && !filepath.IsAbs(d.path) {
+			bad("%s=%s: want the absolute path of a block device", d.opt, d.path)
+		}
+	}
+	if n := c.ThinPoolDevice; n != "" && (len(n) >= maxDMNameLen || strings.Contains(n, "/") || n == "." || n == "..") {
+		bad("dm.thinpooldev=%s: want the name of a device-mapper device (or /dev/mapper/NAME)", n)
 	}
 	devices := c.DataDevice != "" || c.MetadataDevice != ""
 	if devices && (c.DataDevice == "" || c.MetadataDevice == "") {
@@ -251,10 +275,8 @@ func (c *Config) Validate() error {
 		bad("dm.mkfsarg: %w", err)
 	}
 	for _, o := range c.MountOptions {
-		if _, ok := refusedMountFlags[o]; ok {
-			bad("dm.mountopt %q: the driver decides how layers are mounted", o)
-		} else if o == "" {
-			bad("dm.mountopt: empty mount option")
+		if err := checkMountOption(o); err != nil {
+			bad("dm.mountopt %q: %w", o, err)
 		}
 	}
 	if p := c.MinFreeSpacePercent; p != nil && (*p < 0 || *p > 99) {
@@ -264,6 +286,34 @@ func (c *Config) Validate() error {
 		bad("dm.use_deferred_deletion=true needs dm.use_deferred_removal=true")
 	}
 	return errors.Join(errs...)
+}
+
+// checkDevices checks, at Init, that dm.datadev and dm.metadatadev are
+// block devices. Validate cannot: it looks at the configuration only.
+func (c *Config) checkDevices() error {
+	var errs []error
+	for _, d := range []struct{ opt, path string }{{"dm.datadev", c.DataDevice}, {"dm.metadatadev", c.MetadataDevice}} {
+		if d.path == "" {
+			continue
+		}
+		fi, err := os.Stat(d.path)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("%w: %s=%s: %w", ErrInvalidOptions, d.opt, d.path, err))
+		case fi.Mode()&os.ModeDevice == 0 || fi.Mode()&os.ModeCharDevice != 0:
+			errs = append(errs, fmt.Errorf("%w: %s=%s: not a block device", ErrInvalidOptions, d.opt, d.path))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// thinPoolDevError names dm.thinpooldev in the error of opening a pool
+// device that does not exist.
+func (c *Config) thinPoolDevError(err error) error {
+	if c.external() && errors.Is(err, unix.ENXIO) {
+		return fmt.Errorf("%w: dm.thinpooldev=%s: no such device-mapper device: %w", ErrInvalidOptions, c.ThinPoolDevice, err)
+	}
+	return err
 }
 
 // external reports whether the pool is someone else's device.

@@ -2,12 +2,18 @@ package graphdriver
 
 import (
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/docker/go-units"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/dmthin/dmthin/internal/testenv"
 )
 
 func TestParseOptionsDockerNames(t *testing.T) {
@@ -134,6 +140,7 @@ func TestConfigValidate(t *testing.T) {
 		{"btrfs", []string{"dm.fs=btrfs"}, []string{"dm.fs=btrfs: unknown filesystem"}},
 		{"mkfsarg positional", []string{"dm.mkfsarg=/dev/sda"}, []string{"dm.mkfsarg"}},
 		{"mountopt bind", []string{"dm.mountopt=bind"}, []string{`dm.mountopt "bind"`}},
+		{"mountopt unknown", []string{"dm.mountopt=noatime,bogus"}, []string{`dm.mountopt "bogus": unknown mount option`}},
 		{"min free", []string{"dm.min_free_space=100%"}, []string{"dm.min_free_space 100%"}},
 		{"deletion without removal", []string{"dm.use_deferred_deletion=true"}, []string{"needs dm.use_deferred_removal=true"}},
 		{"several at once", []string{"dm.basesize=1M", "dm.fs=xfs", "dm.blocksize=100K"},
@@ -189,4 +196,179 @@ func TestMountOptions(t *testing.T) {
 	flags, data = mountOptions(nil, "system_u:object_r:container_file_t:s0:c1,c2")
 	assert.Zero(t, flags)
 	assert.Equal(t, `context="system_u:object_r:container_file_t:s0:c1,c2"`, data)
+}
+
+// Every error an option can cause, from ParseOptions, Validate and the
+// checks Init adds: each part wraps ErrInvalidOptions and names its dm.*
+// option (never a Go field).
+func TestOptionErrorsNameTheDMOption(t *testing.T) {
+	dir := t.TempDir()
+	regular := filepath.Join(dir, "file")
+	require.NoError(t, os.WriteFile(regular, nil, 0o600))
+	missing := filepath.Join(dir, "missing")
+
+	cases := []struct {
+		opts []string
+		opt  string // the option each error must name
+	}{
+		{[]string{"dm.nosuchthing=1"}, "dm.nosuchthing"},
+		{[]string{"dm.basesize=ten"}, "dm.basesize"},
+		{[]string{"dm.basesize=1M"}, "dm.basesize"},
+		{[]string{"dm.basesize=100000001"}, "dm.basesize"},
+		{[]string{"dm.loopdatasize=-1"}, "dm.loopdatasize"},
+		{[]string{"dm.loopmetadatasize=1M"}, "dm.loopmetadatasize"},
+		{[]string{"dm.loopmetadatasize=17G"}, "dm.loopmetadatasize"},
+		{[]string{"dm.loopmetadatasize=x"}, "dm.loopmetadatasize"},
+		{[]string{"dm.datadev=vdb", "dm.metadatadev=/dev/vdc"}, "dm.datadev"},
+		{[]string{"dm.datadev=/dev/vdb", "dm.metadatadev=vdc"}, "dm.metadatadev"},
+		{[]string{"dm.datadev=/dev/vdb"}, "dm.datadev"},
+		{[]string{"dm.thinpooldev=/dev/sdb"}, "dm.thinpooldev"},
+		{[]string{"dm.thinpooldev=" + strings.Repeat("p", 128)}, "dm.thinpooldev"},
+		{[]string{"dm.thinpooldev=p", "dm.blocksize=64K"}, "dm.blocksize"},
+		{[]string{"dm.blocksize=100K"}, "dm.blocksize"},
+		{[]string{"dm.fs=btrfs"}, "dm.fs"},
+		{[]string{"dm.mkfsarg=/dev/sda"}, "dm.mkfsarg"},
+		{[]string{"dm.mountopt=bogus"}, "dm.mountopt"},
+		{[]string{"dm.mountopt=noatime,data=bogus"}, "dm.mountopt"},
+		{[]string{"dm.mountopt=commit=soon"}, "dm.mountopt"},
+		{[]string{"dm.mountopt=commit"}, "dm.mountopt"},
+		{[]string{"dm.mountopt=discard=1"}, "dm.mountopt"},
+		{[]string{"dm.mountopt=context=system_u:object_r:foo_t:s0"}, "dm.mountopt"},
+		{[]string{"dm.mountopt=shared"}, "dm.mountopt"},
+		{[]string{"dm.mountopt=nobh"}, "dm.mountopt"},
+		{[]string{"dm.mountopt=a,,b"}, "dm.mountopt"},
+		{[]string{"dm.blkdiscard=maybe"}, "dm.blkdiscard"},
+		{[]string{"dm.min_free_space=100%"}, "dm.min_free_space"},
+		{[]string{"dm.use_deferred_removal=yes"}, "dm.use_deferred_removal"},
+		{[]string{"dm.use_deferred_deletion=true"}, "dm.use_deferred_deletion"},
+		{[]string{"dm.xfs_nospace_max_retries=1"}, "dm.xfs_nospace_max_retries"},
+		// Checked by Init (checkDevices), on the devices themselves.
+		{[]string{"dm.datadev=" + regular, "dm.metadatadev=/dev/null"}, "dm."},
+		{[]string{"dm.datadev=" + missing, "dm.metadatadev=" + missing}, "dm."},
+	}
+	for _, tc := range cases {
+		t.Run(strings.Join(tc.opts, " "), func(t *testing.T) {
+			c, err := ParseOptions(tc.opts)
+			if err == nil {
+				err = c.checkDevices()
+			}
+			require.Error(t, err)
+			for _, e := range leaves(err) {
+				assert.ErrorIs(t, e, ErrInvalidOptions)
+				assert.Contains(t, e.Error(), tc.opt)
+				for _, field := range []string{"LoopMetadataSize", "LoopDataSize", "DataDevice", "MetadataDevice", "PoolDevice", "BlockSize", "MinFreeSpacePercent"} {
+					assert.NotContains(t, e.Error(), field, "names the Go field, not the option")
+				}
+			}
+		})
+	}
+
+	// The devices: each names its own option, and a missing one keeps errno.
+	c, err := ParseOptions([]string{"dm.datadev=" + regular, "dm.metadatadev=" + missing})
+	require.NoError(t, err)
+	err = c.checkDevices()
+	require.Len(t, leaves(err), 2)
+	assert.Contains(t, leaves(err)[0].Error(), "dm.datadev="+regular+": not a block device")
+	assert.Contains(t, leaves(err)[1].Error(), "dm.metadatadev="+missing)
+	assert.ErrorIs(t, leaves(err)[1], os.ErrNotExist)
+
+	// A dm.thinpooldev the kernel does not know (ENXIO from thinpool.Open).
+	c, err = ParseOptions([]string{"dm.thinpooldev=nosuchpool"})
+	require.NoError(t, err)
+	err = c.thinPoolDevError(fmt.Errorf("graphdriver: open pool: %w", unix.ENXIO))
+	assert.ErrorIs(t, err, ErrInvalidOptions)
+	assert.ErrorIs(t, err, unix.ENXIO)
+	assert.Contains(t, err.Error(), "dm.thinpooldev=nosuchpool")
+	other := errors.New("other")
+	assert.Equal(t, other, c.thinPoolDevError(other))
+}
+
+// leaves flattens errors.Join trees (not fmt.Errorf's multiple %w: an
+// errors.Join's text is its parts' texts, one a line).
+func leaves(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		var texts []string
+		for _, e := range j.Unwrap() {
+			out = append(out, leaves(e)...)
+			texts = append(texts, e.Error())
+		}
+		if strings.Join(texts, "\n") == err.Error() {
+			return out
+		}
+	}
+	if err == nil {
+		return nil
+	}
+	return []error{err}
+}
+
+// Every mount option dm.mountopt accepts: mount flags and ext4's options
+// with the values they take.
+func TestCheckMountOptionAccepts(t *testing.T) {
+	for _, o := range []string{
+		"noatime", "nodev", "ro", "rw", "lazytime", "defaults", "discard", "nodiscard",
+		"data=writeback", "data=ordered", "commit=17", "errors=remount-ro", "barrier", "barrier=0",
+		"dax", "dax=never", "usrjquota=", "usrjquota=aquota.user", "init_itable=10", "user_xattr", "acl",
+		"journal_checksum", "max_dir_size_kb=1024", "inode_readahead_blks=64", "auto_da_alloc=0",
+	} {
+		assert.NoError(t, checkMountOption(o), o)
+	}
+}
+
+// Init refuses a bad dm.mountopt before it makes anything, so a bogus option
+// cannot make every later Get fail; a valid set of options mounts every
+// layer with them.
+func TestInitChecksMountOptions(t *testing.T) {
+	testenv.RequireDM(t)
+	home := newHome(t)
+	for _, bad := range []string{"dm.mountopt=bogus", "dm.mountopt=noatime,data=bogus", "dm.mountopt=commit=soon"} {
+		d, err := Init(home, append(append([]string(nil), smallPool...), bad), testLogger(t))
+		if err == nil {
+			cleanupAndCheck(t, d)
+		}
+		require.ErrorIs(t, err, ErrInvalidOptions, bad)
+		assert.Contains(t, err.Error(), "dm.mountopt")
+		_, err = os.Stat(home)
+		assert.ErrorIs(t, err, os.ErrNotExist, "Init made nothing")
+	}
+
+	d := openDriver(t, home, "dm.mountopt=noatime,data=writeback,errors=remount-ro", "dm.mountopt=commit=9")
+	require.NoError(t, d.Create("l", "", nil))
+	root, err := d.Get("l", "")
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(root, "f"), []byte("x"), 0o644))
+	m, err := mountsUnder(d.mntDir())
+	require.NoError(t, err)
+	e := m["l"]
+	assert.Contains(t, strings.Split(e.Options, ","), "noatime")
+	for _, o := range []string{"data=writeback", "errors=remount-ro", "commit=9"} {
+		assert.Contains(t, strings.Split(e.SuperOptions, ","), o)
+	}
+	require.NoError(t, d.Put("l"))
+}
+
+// A dm.thinpooldev the kernel does not have fails Init with
+// ErrInvalidOptions naming it.
+func TestInitThinPoolDevMissing(t *testing.T) {
+	testenv.RequireDM(t)
+	name := "nosuchpool-" + testenv.Suffix(t)
+	_, err := Init(newHome(t), []string{"dm.thinpooldev=" + name}, testLogger(t))
+	require.ErrorIs(t, err, ErrInvalidOptions)
+	assert.ErrorIs(t, err, unix.ENXIO)
+	assert.Contains(t, err.Error(), "dm.thinpooldev="+name)
+}
+
+// dm.datadev that is not a block device fails Init before any pool is made
+// (no device-mapper needed).
+func TestInitDataDevNotBlock(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "data")
+	require.NoError(t, os.WriteFile(file, nil, 0o600))
+	_, err := Init(filepath.Join(dir, "home"), []string{"dm.datadev=" + file, "dm.metadatadev=" + file}, nil)
+	require.ErrorIs(t, err, ErrInvalidOptions)
+	assert.Contains(t, err.Error(), "dm.datadev="+file+": not a block device")
+	assert.Contains(t, err.Error(), "dm.metadatadev="+file+": not a block device")
+	_, err = os.Stat(filepath.Join(dir, "home"))
+	assert.ErrorIs(t, err, os.ErrNotExist)
 }

@@ -34,7 +34,7 @@ usage: hack/vm.sh COMMAND [ARGS]
   shell [--mem MB] [--file HOST[:GUEST]]...
         Boot the VM to an interactive shell (exit or Ctrl-D powers off,
         Ctrl-A x kills QEMU).
-  test [-race] [-cover] [-run REGEX] [-skip REGEX] [-bench REGEX] [-timeout D] [-short] [PKG...]
+  test [-race] [-cover] [-run REGEX] [-skip REGEX] [-bench REGEX] [-benchtime T] [-timeout D] [-short] [PKG...]
         Run the packages' tests (default ./...) with DMTHIN_REQUIRE_DM=1:
         natively if this host's device-mapper works, else all in one VM boot.
         -cover: statement coverage of every package of the module, merged

@@ -52,16 +52,19 @@ func (f Flags) Has(g Flags) bool { return f&g == g }
 
 // Status is what LOOP_GET_STATUS64 reports about a bound loop device.
 type Status struct {
-	Number int
+	Number int `json:"number"`
 	// The backing file: the device of the file system holding it, and its
 	// inode. Find matches files by these.
-	BackingMajor, BackingMinor uint32
-	BackingInode               uint64
-	Offset, SizeLimit          uint64 // bytes; this package sets neither
-	Flags                      Flags
+	BackingMajor uint32 `json:"backing_major"`
+	BackingMinor uint32 `json:"backing_minor"`
+	BackingInode uint64 `json:"backing_inode"`
+	// Offset and SizeLimit are in bytes; this package sets neither.
+	Offset    uint64 `json:"offset"`
+	SizeLimit uint64 `json:"size_limit"`
+	Flags     Flags  `json:"flags"`
 	// FileName is lo_file_name: the name given at attach time, cut by the
 	// kernel to 63 bytes. Informational only.
-	FileName string
+	FileName string `json:"file_name"`
 }
 
 func statusFromInfo(info *unix.LoopInfo64) Status {

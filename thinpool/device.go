@@ -14,19 +14,19 @@ import (
 
 // Device describes one thin device.
 type Device struct {
-	Name   string
-	ID     uint32 // thin id in the pool
-	Size   int64  // bytes
-	Parent string // origin of a snapshot, "" for a device made empty
-	State  State
+	Name   string `json:"name"`
+	ID     uint32 `json:"id"`     // thin id in the pool
+	Size   int64  `json:"size"`   // bytes
+	Parent string `json:"parent"` // origin of a snapshot, "" for a device made empty
+	State  State  `json:"state"`
 	// Live state, from the kernel:
-	Active      bool
-	Path        string // block node when active
-	OpenCount   int
-	MappedBytes int64 // bytes provisioned for this device (active only)
+	Active      bool   `json:"active"`
+	Path        string `json:"path"` // block node when active
+	OpenCount   int    `json:"open_count"`
+	MappedBytes int64  `json:"mapped_bytes"` // bytes provisioned for this device (active only)
 	// DeferredDelete: deletion waits for the device to be closed.
-	DeferredDelete bool
-	Created        time.Time
+	DeferredDelete bool      `json:"deferred_delete"`
+	Created        time.Time `json:"created"`
 }
 
 // maxNameLen leaves room in the kernel's 127-byte name for the prefix.

@@ -169,9 +169,6 @@ func (p *Pool) BlockSize() int64 { return int64(p.blockSize.Bytes()) }
 // dmName is the device-mapper name of a thin device.
 func (p *Pool) dmName(name string) string { return p.prefix + "-" + name }
 
-// nodePath is where the block node of a thin device is made.
-func (p *Pool) nodePath(name string) string { return p.dm.NodePath(p.dmName(name)) }
-
 // enter guards against use after Close; call the result when done.
 func (p *Pool) enter() (func(), error) {
 	p.closeMu.RLock()

@@ -16,26 +16,32 @@ import (
 
 // Status is the pool's space and state.
 type Status struct {
-	Name      string
-	BlockSize int64
+	Name      string `json:"name"`
+	BlockSize int64  `json:"block_size"`
 	// Data and metadata space in bytes. Available is what can still be
 	// provisioned: free pool space, bounded for a loopback file by the free
 	// space of the filesystem holding it.
-	DataUsed, DataTotal, DataAvailable             int64
-	MetadataUsed, MetadataTotal, MetadataAvailable int64
-	Mode                                           devmapper.PoolMode
-	NeedsCheck                                     bool
-	TransactionID                                  uint64
-	Devices                                        int
-	DeferredDeletes                                int
-	Faulty                                         int
+	DataUsed          int64              `json:"data_used"`
+	DataTotal         int64              `json:"data_total"`
+	DataAvailable     int64              `json:"data_available"`
+	MetadataUsed      int64              `json:"metadata_used"`
+	MetadataTotal     int64              `json:"metadata_total"`
+	MetadataAvailable int64              `json:"metadata_available"`
+	Mode              devmapper.PoolMode `json:"mode"`
+	NeedsCheck        bool               `json:"needs_check"`
+	TransactionID     uint64             `json:"transaction_id"`
+	Devices           int                `json:"devices"`
+	DeferredDeletes   int                `json:"deferred_deletes"`
+	Faulty            int                `json:"faulty"`
 	// Where the pool lives: loopback files, or devices.
-	DataFile, MetadataFile     string
-	DataDevice, MetadataDevice string
-	External                   bool
-	MinFreeSpacePercent        int
+	DataFile            string `json:"data_file"`
+	MetadataFile        string `json:"metadata_file"`
+	DataDevice          string `json:"data_device"`
+	MetadataDevice      string `json:"metadata_device"`
+	External            bool   `json:"external"`
+	MinFreeSpacePercent int    `json:"min_free_space_percent"`
 	// EventNr is the pool device's event counter, for WaitEvent.
-	EventNr uint32
+	EventNr uint32 `json:"event_nr"`
 }
 
 // Status reads the pool's status without making it commit metadata.

@@ -123,11 +123,10 @@ func sh(name string, args ...string) error {
 }
 
 type step struct {
-	name         string
-	driver, cli  time.Duration
-	driverWhat   string
-	cliWhat      string
-	driverCounts int
+	name        string
+	driver, cli time.Duration
+	driverWhat  string
+	cliWhat     string
 }
 
 // lifecycle times n layer lives on each side, step by step.

@@ -38,8 +38,14 @@ vm_summary() {
 	exit "$status"
 }
 
+# VM_TEST_TAGS: the build tag of the tests that need a device-mapper to
+# run at all (runnable examples whose output comes from the kernel): only
+# kernel test binaries have them; go vet -tags dmthin_kernel checks them on
+# any host.
+VM_TEST_TAGS=dmthin_kernel
+
 vm_cmd_test() {
-	local race='' cover='' run='' skip='' bench='' timeout='' short='' pkgs=()
+	local race='' cover='' run='' skip='' bench='' benchtime='' timeout='' short='' pkgs=()
 	while (($#)); do
 		case "$1" in
 		-race | --race) race=1; shift ;;
@@ -52,6 +58,8 @@ vm_cmd_test() {
 		-skip=* | --skip=*) skip=${1#*=}; shift ;;
 		-bench | --bench) bench=${2?-bench needs a value}; shift 2 ;;
 		-bench=* | --bench=*) bench=${1#*=}; shift ;;
+		-benchtime | --benchtime) benchtime=${2?-benchtime needs a value}; shift 2 ;;
+		-benchtime=* | --benchtime=*) benchtime=${1#*=}; shift ;;
 		-timeout | --timeout) timeout=${2?-timeout needs a value}; shift 2 ;;
 		-timeout=* | --timeout=*) timeout=${1#*=}; shift ;;
 		--) shift; pkgs+=("$@"); break ;;
@@ -103,7 +111,7 @@ vm_test_cover_report() {
 
 # vm_test_native: the host has a device-mapper: plain go test.
 vm_test_native() {
-	local args=(-v -count=1) rc=0 cdir=$VM_WORK/cover/native
+	local args=(-v -count=1 -tags "$VM_TEST_TAGS") rc=0 cdir=$VM_WORK/cover/native
 	[[ -z $race ]] || args+=(-race)
 	vm_cover_flags
 	args+=("${VM_COVER_FLAGS[@]}")
@@ -111,6 +119,7 @@ vm_test_native() {
 	[[ -z $run ]] || args+=(-run "$run")
 	[[ -z $skip ]] || args+=(-skip "$skip")
 	[[ -z $bench ]] || args+=(-bench "$bench")
+	[[ -z $benchtime ]] || args+=(-benchtime "$benchtime")
 	[[ -z $timeout ]] || args+=(-timeout "$timeout")
 	vm_log "this host's device-mapper works: running the tests natively"
 	if [[ -z $cover ]]; then
@@ -154,9 +163,9 @@ vm_test_vm() {
 		bin=$(basename "$dir").test
 		mkdir -p "$VM_PAYLOAD$gdir"
 		if [[ -n $race ]]; then
-			CGO_ENABLED=1 vm_go_quiet go test -race "${VM_COVER_FLAGS[@]}" -c -o "$VM_PAYLOAD$gdir/$bin" "$pkg" || rc=$?
+			CGO_ENABLED=1 vm_go_quiet go test -race -tags "$VM_TEST_TAGS" "${VM_COVER_FLAGS[@]}" -c -o "$VM_PAYLOAD$gdir/$bin" "$pkg" || rc=$?
 		else
-			CGO_ENABLED=0 vm_go_quiet go test "${VM_COVER_FLAGS[@]}" -c -o "$VM_PAYLOAD$gdir/$bin" "$pkg" || rc=$?
+			CGO_ENABLED=0 vm_go_quiet go test -tags "$VM_TEST_TAGS" "${VM_COVER_FLAGS[@]}" -c -o "$VM_PAYLOAD$gdir/$bin" "$pkg" || rc=$?
 		fi
 		if ((rc != 0)) || [[ ! -f $VM_PAYLOAD$gdir/$bin ]]; then
 			printf 'FAIL\t%s [build failed]\n' "$pkg"
@@ -188,6 +197,7 @@ vm_test_vm() {
 		[[ -z $run ]] || echo "-test.run=$run"
 		[[ -z $skip ]] || echo "-test.skip=$skip"
 		[[ -z $bench ]] || echo "-test.bench=$bench"
+		[[ -z $benchtime ]] || echo "-test.benchtime=$benchtime"
 	} >"$VM_PAYLOAD/dmthin/test.flags"
 	echo "exec sh /usr/libexec/dmthin/run-tests /dmthin/test.manifest /dmthin/test.flags${cover:+ /tmp/dmthin-cover}" \
 		>"$VM_PAYLOAD/dmthin/run.sh"
