@@ -1,8 +1,6 @@
 package graphdriver
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -48,20 +46,4 @@ func TestMountsUnderLive(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, m, "proc")
 	assert.Equal(t, "proc", m["proc"].FSType)
-}
-
-func TestWriteFileAtomic(t *testing.T) {
-	dir := t.TempDir()
-	p := filepath.Join(dir, "base.json")
-	require.NoError(t, writeFileAtomic(p, []byte("one\n")))
-	require.NoError(t, writeFileAtomic(p, []byte("two\n")))
-	data, err := os.ReadFile(p)
-	require.NoError(t, err)
-	assert.Equal(t, "two\n", string(data))
-	fi, err := os.Stat(p)
-	require.NoError(t, err)
-	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
-	entries, err := os.ReadDir(dir)
-	require.NoError(t, err)
-	assert.Len(t, entries, 1, "no temporary file left")
 }
