@@ -93,6 +93,7 @@ func newDriver(home string, cfg Config, logger logrus.FieldLogger, hook func(str
 	if err != nil {
 		return nil, fmt.Errorf("graphdriver: %w", storeErr(err))
 	}
+	d.home = d.store.Root() // symbolic links resolved
 	d.log.WithFields(logrus.Fields{"home": home, "base-size": units.BytesSize(float64(d.store.BaseSize()))}).Info("storage driver ready")
 	return d, nil
 }

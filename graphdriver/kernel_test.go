@@ -127,8 +127,11 @@ func TestLayerLifecycle(t *testing.T) {
 	assert.NotContains(t, meta, "DevicePath", "an unmounted layer's device is inactive")
 	assert.Equal(t, "3", statusMap(d)["Layers"])
 
-	// Remove unmounts a layer still in use.
+	// Remove refuses a layer still in use; after its Put it goes.
 	mustGet(t, d, "ctr")
+	assert.ErrorIs(t, d.Remove("ctr"), ErrBusy)
+	assert.True(t, d.Exists("ctr"))
+	require.NoError(t, d.Put("ctr"))
 	require.NoError(t, d.Remove("ctr"))
 	assert.False(t, d.Exists("ctr"))
 	assert.False(t, isMounted(t, d, "ctr"))

@@ -38,8 +38,11 @@ func (s *Store) readBaseRecord() (*baseRecord, error) {
 		return nil, fmt.Errorf("layerstore: %w", err)
 	}
 	var r baseRecord
-	if err := json.Unmarshal(data, &r); err != nil || r.UUID == "" {
-		return nil, fmt.Errorf("layerstore: %s is damaged (want {\"filesystem\":..., \"uuid\":...}): %q", s.baseRecordPath(), data)
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, fmt.Errorf("layerstore: %s is damaged (want {\"filesystem\":..., \"uuid\":...}): %w", s.baseRecordPath(), err)
+	}
+	if r.UUID == "" {
+		return nil, fmt.Errorf("layerstore: %s is damaged: no uuid in %q", s.baseRecordPath(), data)
 	}
 	return &r, nil
 }
@@ -108,9 +111,18 @@ func (s *Store) setupBase(ctx context.Context) error {
 		return fmt.Errorf("%w: %s records a base filesystem %s, but pool %q has no base device: "+
 			"a different pool is behind this root (check the pool options)",
 			ErrBaseMismatch, s.baseRecordPath(), rec.UUID, s.pool.Name())
+	case rec == nil && base.Labels[LabelState] == StateIncomplete:
+		// Made by a run that stopped before recording it (no layer can
+		// have been made from it): start over.
+		s.log.Warn("base device left half-made by an earlier run: making it again")
+		if err := s.pool.Delete(ctx, baseDevice, thinpool.DeleteOptions{}); err != nil {
+			return fmt.Errorf("layerstore: delete half-made base device: %w", err)
+		}
+		return s.createBase(ctx)
 	case rec == nil:
-		// Made by a run that stopped before recording it; start over,
-		// unless layers were made from it (then base.json was lost).
+		// Made by a run that stopped before recording it, by a version
+		// that did not label it; start over, unless layers were made
+		// from it (then base.json was lost).
 		devs, err := s.pool.List()
 		if err != nil {
 			return fmt.Errorf("layerstore: %w", err)
@@ -134,7 +146,17 @@ func (s *Store) setupBase(ctx context.Context) error {
 	if rec.Filesystem != s.opts.Filesystem {
 		return fmt.Errorf("%w: filesystem %s asked for, but the base device was formatted %s", ErrInvalidOptions, s.opts.Filesystem, rec.Filesystem)
 	}
-	return s.verifyBase(ctx, rec, base)
+	if err := s.verifyBase(ctx, rec, base); err != nil {
+		return err
+	}
+	if base.Labels[LabelState] != "" {
+		// Recorded, but killed before it was marked complete: base.json
+		// and the filesystem agree (verifyBase), so it is.
+		if err := s.pool.SetLabels(ctx, baseDevice, stateLabels("")); err != nil {
+			return fmt.Errorf("layerstore: base device: %w", err)
+		}
+	}
+	return nil
 }
 
 // createBase makes the base device, formats it, makes the rootfs directory
@@ -146,7 +168,9 @@ func (s *Store) createBase(ctx context.Context) (err error) {
 	}
 	log := s.log.WithFields(logrus.Fields{"size": units.BytesSize(float64(size)), "filesystem": s.opts.Filesystem})
 	log.Info("making the base device")
-	if _, err := s.pool.Create(ctx, baseDevice, size); err != nil {
+	// Incomplete until formatted and recorded, in the same commit as the
+	// device itself: Open starts over with a base a crash cut short.
+	if _, err := s.pool.Create(ctx, baseDevice, size, thinpool.WithLabels(stateLabels(StateIncomplete))); err != nil {
 		return fmt.Errorf("layerstore: create base device: %w", err)
 	}
 	s.step(StepBaseCreated)
@@ -185,6 +209,9 @@ func (s *Store) createBase(ctx context.Context) (err error) {
 		return err
 	}
 	s.step(StepBaseRecorded)
+	if err := s.pool.SetLabels(ctx, baseDevice, stateLabels("")); err != nil {
+		return errors.Join(fmt.Errorf("layerstore: base device: record it complete: %w", err), os.Remove(s.baseRecordPath()))
+	}
 	s.baseSize = size
 	log.WithField("uuid", sb.UUIDString()).Info("base device ready")
 	return nil

@@ -1,6 +1,7 @@
 package layerstore
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
@@ -23,4 +24,23 @@ func TestWriteFileAtomic(t *testing.T) {
 	entries, err := os.ReadDir(dir)
 	require.NoError(t, err)
 	assert.Len(t, entries, 1, "no temporary file left")
+}
+
+// Issue 7 item 16: a damaged base.json keeps the parse error as the cause.
+func TestReadBaseRecordKeepsCause(t *testing.T) {
+	s := &Store{root: t.TempDir()}
+	require.NoError(t, os.WriteFile(s.baseRecordPath(), []byte(`{"filesystem": "ext4", "uuid": `), 0o600))
+	_, err := s.readBaseRecord()
+	var syntax *json.SyntaxError
+	require.ErrorAs(t, err, &syntax, "the JSON error is kept: %v", err)
+	assert.Contains(t, err.Error(), s.baseRecordPath())
+
+	require.NoError(t, os.WriteFile(s.baseRecordPath(), []byte(`{"filesystem": "ext4"}`), 0o600))
+	_, err = s.readBaseRecord()
+	assert.ErrorContains(t, err, "no uuid")
+
+	require.NoError(t, os.Remove(s.baseRecordPath()))
+	r, err := s.readBaseRecord()
+	assert.NoError(t, err)
+	assert.Nil(t, r)
 }

@@ -41,13 +41,23 @@ func (s *Store) Create(ctx context.Context, name, parent string, size int64) err
 func (s *Store) createLocked(ctx context.Context, name, parent string, size int64) error {
 	dev := DeviceName(name)
 	if info, err := s.pool.Lookup(dev); err == nil {
-		if !deleting(info) {
+		switch {
+		case usable(info):
 			return fmt.Errorf("%w: %q", ErrExists, name)
-		}
-		// A pending deletion of the same name: finish it if it can be.
-		perr := s.retryDeletions(ctx)
-		if _, err := s.pool.Lookup(dev); err == nil {
-			return fmt.Errorf("%w: %q is still being deleted: %w", ErrExists, name, perr)
+		case deleting(info):
+			// A pending deletion of the same name: finish it if it can be.
+			perr := s.retryDeletions(ctx)
+			if _, err := s.pool.Lookup(dev); err == nil {
+				return fmt.Errorf("%w: %q is still being deleted: %w", ErrExists, name, perr)
+			}
+		default:
+			// Half-made, half-removed or faulty: it does not exist for
+			// the caller, so it goes before the new one is made.
+			s.log.WithFields(logrus.Fields{"layer": name, "state": info.State, "label": info.Labels[LabelState]}).
+				Info("deleting what is left of an earlier layer of that name")
+			if err := s.dropLocked(ctx, name, false); err != nil {
+				return fmt.Errorf("layerstore: create %q: delete what is left of an earlier layer: %w", name, err)
+			}
 		}
 	} else if !errors.Is(err, thinpool.ErrNotFound) {
 		return fmt.Errorf("layerstore: create %q: %w", name, err)
@@ -58,7 +68,7 @@ func (s *Store) createLocked(ctx context.Context, name, parent string, size int6
 		parentDev = DeviceName(parent)
 	}
 	pinfo, err := s.pool.Lookup(parentDev)
-	if errors.Is(err, thinpool.ErrNotFound) || (err == nil && deleting(pinfo)) {
+	if errors.Is(err, thinpool.ErrNotFound) || (err == nil && !usable(pinfo)) {
 		return fmt.Errorf("%w: %q (creating %q)", ErrParentNotFound, parent, name)
 	}
 	if err != nil {
@@ -72,29 +82,68 @@ func (s *Store) createLocked(ctx context.Context, name, parent string, size int6
 		}
 		want = size
 	}
+	grow := want > pinfo.Size
 
-	if _, err := s.pool.Snapshot(ctx, dev, parentDev, want); err != nil {
+	// A layer whose filesystem must still be grown is made incomplete, in
+	// the same record commit as its device: a crash before the grow is
+	// done leaves a layer that Open rolls back, never one that exists
+	// with the device's size and its parent's filesystem.
+	var opts []thinpool.CreateOption
+	if grow {
+		opts = append(opts, thinpool.WithLabels(stateLabels(StateIncomplete)))
+	}
+	if _, err := s.pool.Snapshot(ctx, dev, parentDev, want, opts...); err != nil {
 		if errors.Is(err, thinpool.ErrNotFound) {
 			return fmt.Errorf("%w: %q (creating %q): %w", ErrParentNotFound, parent, name, err)
 		}
 		return fmt.Errorf("layerstore: create %q: %w", name, err)
 	}
 	s.step(StepCreateSnapshot)
-	if want > pinfo.Size {
+	if grow {
 		if err := s.growLocked(ctx, name, dev); err != nil {
 			derr := s.pool.Delete(ctx, dev, thinpool.DeleteOptions{})
 			return errors.Join(fmt.Errorf("layerstore: create %q: grow its filesystem to %s: %w", name, units.BytesSize(float64(want)), err), derr)
 		}
 		s.step(StepCreateGrown)
+		if err := s.pool.SetLabels(ctx, dev, stateLabels("")); err != nil {
+			derr := s.pool.Delete(ctx, dev, thinpool.DeleteOptions{})
+			return errors.Join(fmt.Errorf("layerstore: create %q: record it complete: %w", name, err), derr)
+		}
 	}
+	s.step(StepCreateDone)
 	s.log.WithFields(logrus.Fields{"layer": name, "parent": parent, "size": want}).Debug("layer created")
 	return nil
 }
 
-// Remove unmounts layer name if it is mounted, deactivates and deletes its
-// device. When the device is held by someone else, Remove fails with
-// ErrBusy, unless deferred deletion is on: then the layer is gone for the
-// store (Exists is false) and its device is deleted once closed.
+// dropLocked deletes what is left of layer name that does not exist
+// for the caller (half-made, half-removed, faulty): its mount under mnt/,
+// if one of ours, and its device. discard: discard its blocks first.
+func (s *Store) dropLocked(ctx context.Context, name string, discard bool) error {
+	if m := s.mountOf(name); m != nil {
+		if err := s.unmountLocked(name, true); err != nil {
+			return err
+		}
+	}
+	err := s.pool.Delete(ctx, DeviceName(name), thinpool.DeleteOptions{Discard: discard})
+	if err != nil && !errors.Is(err, thinpool.ErrNotFound) {
+		return err
+	}
+	return removeIfEmpty(s.mountPoint(name))
+}
+
+// Remove deletes layer name: it unmounts a mount adopted from an earlier
+// process, deactivates and deletes the device. A layer with a Get not yet
+// Put is refused with ErrBusy: its holder's mount stays intact (the engine
+// Puts, then removes). When the device is held by someone else, Remove
+// fails with ErrBusy and the layer stays, unless deferred deletion is on:
+// then the layer is gone for the store (Exists is false) and its device is
+// deleted once closed.
+//
+// The removal is durable before anything of the layer is changed: the
+// layer is first marked removing in its record, so a crash at any later
+// point leaves a layer that does not exist, whose deletion Open finishes.
+// A layer that does not exist for the caller (half-made, half-removed,
+// faulty) can be removed too.
 func (s *Store) Remove(ctx context.Context, name string) error {
 	release, err := s.lockLayer(name)
 	if err != nil {
@@ -112,17 +161,41 @@ func (s *Store) Remove(ctx context.Context, name string) error {
 	if info.DeferredDelete {
 		return nil // its deletion waits for the device to be closed
 	}
-	if m := s.mountOf(name); m != nil {
-		if m.refs > 0 {
-			s.log.WithFields(logrus.Fields{"layer": name, "references": m.refs}).Warn("removing a layer that is still in use")
-		}
-		if err := s.unmountLocked(name, s.opts.DeferredDeletion); err != nil {
+	if m := s.mountOf(name); m != nil && m.refs > 0 {
+		return fmt.Errorf("%w: remove %q: mounted, %d Get(s) not yet Put", ErrBusy, name, m.refs)
+	}
+	if !usable(info) && !deleting(info) {
+		if err := s.dropLocked(ctx, name, s.opts.Discard); err != nil {
 			return fmt.Errorf("layerstore: remove %q: %w", name, err)
+		}
+		return nil
+	}
+	marked := false
+	if usable(info) {
+		if err := s.pool.SetLabels(ctx, dev, stateLabels(StateRemoving)); err != nil {
+			return fmt.Errorf("layerstore: remove %q: %w", name, err)
+		}
+		marked = true
+		s.step(StepRemoveMarked)
+	}
+	// unmark makes the layer exist again when nothing of it was changed.
+	unmark := func(err error) error {
+		if marked {
+			err = errors.Join(err, s.pool.SetLabels(ctx, dev, stateLabels("")))
+		}
+		return err
+	}
+	if s.mountOf(name) != nil {
+		if err := s.unmountLocked(name, s.opts.DeferredDeletion); err != nil {
+			return unmark(fmt.Errorf("layerstore: remove %q: %w", name, err))
 		}
 	}
 	s.step(StepRemoveUnmounted)
 	err = s.pool.Delete(ctx, dev, thinpool.DeleteOptions{Discard: s.opts.Discard, Deferred: s.opts.DeferredDeletion})
 	if errors.Is(err, thinpool.ErrBusy) {
+		// Refused before any block was discarded or the device deleted:
+		// the layer stays as it was.
+		err = unmark(err)
 		if s.opts.DeferredRemoval {
 			// The layer stays, but its device goes away at last close.
 			if derr := s.pool.Deactivate(ctx, dev, true); derr != nil {
@@ -132,6 +205,8 @@ func (s *Store) Remove(ctx context.Context, name string) error {
 		return fmt.Errorf("%w: remove %q: %w", ErrBusy, name, err)
 	}
 	if err != nil {
+		// Its blocks may be discarded already: it stays marked removing
+		// (it does not exist), and Open finishes the deletion.
 		return fmt.Errorf("layerstore: remove %q: %w", name, err)
 	}
 	s.step(StepRemoveDeleted)
@@ -153,7 +228,7 @@ func (s *Store) Exists(name string) bool {
 		return false
 	}
 	info, err := s.pool.Lookup(DeviceName(name))
-	return err == nil && info.State == thinpool.StateReady
+	return err == nil && usable(info)
 }
 
 // Layer describes one layer's device.
@@ -174,7 +249,7 @@ func (s *Store) Lookup(name string) (Layer, error) {
 		return Layer{}, err
 	}
 	dev, err := s.pool.Get(DeviceName(name))
-	if err != nil || deleting(dev) {
+	if err != nil || !usable(dev) {
 		if err == nil || errors.Is(err, thinpool.ErrNotFound) {
 			return Layer{}, fmt.Errorf("%w: %q", ErrNotFound, name)
 		}
@@ -183,8 +258,9 @@ func (s *Store) Lookup(name string) (Layer, error) {
 	return Layer{Name: name, Device: dev}, nil
 }
 
-// Count counts the layers, and the layer devices whose deletion is pending
-// (deferred, or started and not finished).
+// Count counts the layers, and the layer devices that are not layers for
+// the caller: deletion pending (deferred, or started and not finished),
+// half-made or faulty.
 func (s *Store) Count() (layers, pending int, err error) {
 	done, err := s.enter()
 	if err != nil {
@@ -199,19 +275,13 @@ func (s *Store) Count() (layers, pending int, err error) {
 		if _, ok := layerName(dev.Name); !ok {
 			continue
 		}
-		if deleting(dev) {
-			pending++
-		} else {
+		if usable(dev) {
 			layers++
+		} else {
+			pending++
 		}
 	}
 	return layers, pending, nil
-}
-
-// deleting reports whether a device is on its way out: its deletion is
-// deferred until it is closed, or was started and did not finish.
-func deleting(dev thinpool.Device) bool {
-	return dev.DeferredDelete || dev.State == thinpool.StateDeleting
 }
 
 // retryDeletions finishes the deletions that can be finished now: deferred

@@ -72,7 +72,7 @@ func (s *Store) Get(ctx context.Context, name string, opts MountOptions) (string
 		return root, nil
 	}
 	dev := DeviceName(name)
-	if info, err := s.pool.Lookup(dev); errors.Is(err, thinpool.ErrNotFound) || (err == nil && deleting(info)) {
+	if info, err := s.pool.Lookup(dev); errors.Is(err, thinpool.ErrNotFound) || (err == nil && !usable(info)) {
 		return "", fmt.Errorf("%w: %q", ErrNotFound, name)
 	} else if err != nil {
 		return "", fmt.Errorf("layerstore: get %q: %w", name, err)

@@ -24,10 +24,16 @@ const (
 	StepCreateMounted = "create:mounted"
 	// StepCreateGrown: the layer's filesystem was grown to its size.
 	StepCreateGrown = "create:grown"
+	// StepCreateDone: the layer is complete (its incomplete label, if
+	// it had one, cleared).
+	StepCreateDone = "create:done"
 
 	// StepGetMounted: Get mounted the layer.
 	StepGetMounted = "get:mounted"
 
+	// StepRemoveMarked: the layer is durably marked removing; nothing of
+	// it was changed yet.
+	StepRemoveMarked = "remove:marked"
 	// StepRemoveUnmounted: the layer was unmounted, its device not yet
 	// deleted.
 	StepRemoveUnmounted = "remove:unmounted"

@@ -153,11 +153,18 @@ func Open(ctx context.Context, opts Options) (_ *Store, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("layerstore: root: %w", err)
 	}
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return nil, fmt.Errorf("layerstore: %w", err)
+	}
+	// The kernel shows mounts by their resolved path; so must we, or the
+	// mounts an earlier process left under a root reached through a
+	// symbolic link would not be found.
+	if root, err = filepath.EvalSymlinks(root); err != nil {
+		return nil, fmt.Errorf("layerstore: root: %w", err)
+	}
 	s := &Store{root: root, opts: opts, log: opts.Logger, mounts: map[string]*mount{}}
-	for _, dir := range []string{root, s.mntDir()} {
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return nil, fmt.Errorf("layerstore: %w", err)
-		}
+	if err := os.MkdirAll(s.mntDir(), 0o700); err != nil {
+		return nil, fmt.Errorf("layerstore: %w", err)
 	}
 	popts := opts.Pool
 	if popts.Root == "" {
@@ -177,7 +184,16 @@ func Open(ctx context.Context, opts Options) (_ *Store, err error) {
 			}
 		}
 	}()
+	// What an earlier process left half-done, in dependency order: the
+	// base's temporary mounts hold the base open; mounts under mnt/ hold
+	// the layers they are of.
+	if err := s.cleanupBaseMounts(); err != nil {
+		return nil, err
+	}
 	if err := s.adoptMounts(); err != nil {
+		return nil, err
+	}
+	if err := s.settleLayers(ctx); err != nil {
 		return nil, err
 	}
 	if err := s.setupBase(ctx); err != nil {
@@ -190,7 +206,8 @@ func Open(ctx context.Context, opts Options) (_ *Store, err error) {
 	return s, nil
 }
 
-// Root returns the store's root directory.
+// Root returns the store's root directory, absolute and with symbolic
+// links resolved.
 func (s *Store) Root() string { return s.root }
 
 // Pool returns the thin pool, for status and inspection. Changing its
