@@ -1,6 +1,13 @@
 // Package graphdriver is the storage driver a container engine plugs in: the
 // devicemapper driver of Docker, over dmthin's thin pool.
 //
+// It is an adapter: the device logic (base device, snapshots, mounts and
+// their adoption, removal, crash recovery) is package layerstore's, shared
+// with the other engine adapters. This package translates Docker's names
+// and semantics: dm.* options, layer ids, CreateOpts, mount options and
+// SELinux labels, the "rootfs" directory Get returns, Status's text, and
+// the diff methods.
+//
 // Every layer is a thin snapshot. A "base" thin device is formatted with ext4
 // once, holding an empty directory rootfs (mode 0755, owned by root); an
 // image layer is a snapshot of its parent layer, or of the base device when
@@ -26,8 +33,14 @@
 //	                         mnt/<id>/rootfs, so lost+found is never seen
 //
 // Get mounts a layer on first use and counts references; Put unmounts at the
-// last one and deactivates the device. Calls for different layer ids run
-// concurrently; calls for one id are serialised.
+// last one and deactivates the device. Remove refuses (ErrBusy) a layer
+// with a Get not yet Put: the engine Puts first. Calls for different layer
+// ids run concurrently; calls for one id are serialised.
+//
+// After a crash, Init settles what was cut short: a layer whose creation
+// did not finish is rolled back (it never existed), a removal that was
+// decided is finished, temporary mounts are undone, and only the driver's
+// own layer mounts under mnt/ are adopted.
 //
 // It is not for: managing images or containers (the engine does), sharing a
 // home between two processes at once (the pool's lock refuses the second),

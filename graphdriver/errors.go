@@ -1,34 +1,48 @@
 package graphdriver
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+
+	"github.com/dmthin/dmthin/layerstore"
+)
 
 // Sentinel errors callers act on. Returned errors wrap them (and the cause
-// from thinpool, ext4 or the kernel), so test with errors.Is.
+// from layerstore, thinpool, ext4 or the kernel), so test with errors.Is.
+// Most are layerstore's, under the names this package always had.
 var (
 	// ErrInvalidID: the layer id is empty, ".", "..", too long, or holds
 	// "/", "..", NUL or a control character.
-	ErrInvalidID = errors.New("graphdriver: invalid layer id")
+	ErrInvalidID = layerstore.ErrInvalidName
 	// ErrNotFound: no layer with that id.
-	ErrNotFound = errors.New("graphdriver: layer not found")
+	ErrNotFound = layerstore.ErrNotFound
 	// ErrParentNotFound: Create named a parent layer that does not exist.
-	ErrParentNotFound = errors.New("graphdriver: parent layer not found")
+	ErrParentNotFound = layerstore.ErrParentNotFound
 	// ErrExists: a layer with that id exists already (or its deletion is
 	// deferred and has not happened yet).
-	ErrExists = errors.New("graphdriver: layer exists")
+	ErrExists = layerstore.ErrExists
 	// ErrInvalidOptions: an unknown or malformed dm.* option, options that
 	// contradict each other or the existing pool (a dm.basesize below the
-	// base device's size), or an unknown or bad storage option on Create
+	// base device's), or an unknown or bad storage option on Create
 	// (a size below the base device's).
 	ErrInvalidOptions = errors.New("graphdriver: invalid options")
 	// ErrBaseMismatch: the base device found in the pool is not the one
 	// this home recorded (a different pool behind the same home), or the
 	// record of it is missing while layers exist.
-	ErrBaseMismatch = errors.New("graphdriver: base device does not match")
+	ErrBaseMismatch = layerstore.ErrBaseMismatch
 	// ErrBusy: the layer's device is held by someone else (mounted
 	// elsewhere, open) and could not be removed now.
-	ErrBusy = errors.New("graphdriver: layer busy")
+	ErrBusy = layerstore.ErrBusy
 	// ErrNotMounted: Put of a layer that Get did not mount.
-	ErrNotMounted = errors.New("graphdriver: layer not mounted")
+	ErrNotMounted = layerstore.ErrNotMounted
 	// ErrClosed: the driver was cleaned up.
-	ErrClosed = errors.New("graphdriver: driver cleaned up")
+	ErrClosed = layerstore.ErrClosed
 )
+
+// storeErr makes the store's invalid-options errors this package's too.
+func storeErr(err error) error {
+	if errors.Is(err, layerstore.ErrInvalidOptions) && !errors.Is(err, ErrInvalidOptions) {
+		return fmt.Errorf("%w: %w", ErrInvalidOptions, err)
+	}
+	return err
+}

@@ -73,7 +73,7 @@ func initDriver(t *testing.T, home string, opts []string) *Driver {
 // checks the kernel holds nothing of the driver's.
 func cleanupAndCheck(t *testing.T, d *Driver) {
 	t.Helper()
-	poolName := d.pool.Name()
+	poolName := d.store.Pool().Name()
 	assert.NoError(t, d.Cleanup(), "cleanup")
 	assertNothingLeft(t, d.home, poolName)
 }
@@ -166,7 +166,7 @@ func withLayer(t *testing.T, d *Driver, id string, f func(root string)) {
 // changed" checks.
 func layerDevices(t *testing.T, d *Driver) map[string]int64 {
 	t.Helper()
-	devs, err := d.pool.List()
+	devs, err := d.store.Pool().List()
 	require.NoError(t, err)
 	m := map[string]int64{}
 	for _, dev := range devs {

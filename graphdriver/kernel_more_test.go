@@ -18,6 +18,7 @@ import (
 
 	"github.com/dmthin/dmthin/devmapper"
 	"github.com/dmthin/dmthin/internal/testenv"
+	"github.com/dmthin/dmthin/layerstore"
 	"github.com/dmthin/dmthin/loopback"
 	"github.com/dmthin/dmthin/thinpool"
 )
@@ -159,7 +160,7 @@ func TestDeferredDeletion(t *testing.T) {
 	home := newHome(t)
 	deferred := []string{"dm.use_deferred_removal=true", "dm.use_deferred_deletion=true"}
 	d := initDriver(t, home, append(smallPool, deferred...))
-	poolName := d.pool.Name()
+	poolName := d.store.Pool().Name()
 
 	require.NoError(t, d.Create("busy", "", nil))
 	f := holdDevice(t, d, "busy")
@@ -211,7 +212,7 @@ func TestDeferredDeletionWorker(t *testing.T) {
 	require.NoError(t, f.Close())
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if _, present := layerDevices(t, d)[deviceName("busy")]; !present {
+		if _, present := layerDevices(t, d)[layerstore.DeviceName("busy")]; !present {
 			break
 		}
 		require.True(t, time.Now().Before(deadline), "the deferred deletion was not finished within 10s")
@@ -244,7 +245,7 @@ func TestPoolOnDevices(t *testing.T) {
 	assert.Equal(t, "false", st["Discard On Removal"], "blkdiscard is off by default over devices")
 	require.NoError(t, d.Create("l", "", nil))
 	withLayer(t, d, "l", func(root string) { writeFile(t, root, "f", "on devices\n") })
-	poolName := d.pool.Name()
+	poolName := d.store.Pool().Name()
 	require.NoError(t, d.Cleanup())
 	assertNothingLeft(t, home, poolName)
 	assert.NotContains(t, dmNames(t), poolName, "the pool made over given devices is torn down by Cleanup")

@@ -127,8 +127,11 @@ func TestLayerLifecycle(t *testing.T) {
 	assert.NotContains(t, meta, "DevicePath", "an unmounted layer's device is inactive")
 	assert.Equal(t, "3", statusMap(d)["Layers"])
 
-	// Remove unmounts a layer still in use.
+	// Remove refuses a layer still in use; after its Put it goes.
 	mustGet(t, d, "ctr")
+	assert.ErrorIs(t, d.Remove("ctr"), ErrBusy)
+	assert.True(t, d.Exists("ctr"))
+	require.NoError(t, d.Put("ctr"))
 	require.NoError(t, d.Remove("ctr"))
 	assert.False(t, d.Exists("ctr"))
 	assert.False(t, isMounted(t, d, "ctr"))
@@ -136,7 +139,7 @@ func TestLayerLifecycle(t *testing.T) {
 	require.NoError(t, d.Remove("app"))
 	require.NoError(t, d.Remove("os"))
 	assert.Equal(t, "0", statusMap(d)["Layers"])
-	assert.Empty(t, activeDMWithPrefix(t, d.pool.Name()), "no layer device left active")
+	assert.Empty(t, activeDMWithPrefix(t, d.store.Pool().Name()), "no layer device left active")
 }
 
 func TestLayerChain128(t *testing.T) {
@@ -169,7 +172,7 @@ func TestLayerChain128(t *testing.T) {
 			}
 		}
 	})
-	s, err := d.pool.Status(t.Context())
+	s, err := d.store.Pool().Status(t.Context())
 	require.NoError(t, err)
 	t.Logf("128 layers use %s of pool data", units.BytesSize(float64(s.DataUsed)))
 }
@@ -275,7 +278,7 @@ func TestRestartKeepsLayers(t *testing.T) {
 	home := newHome(t)
 	opts := smallPool
 	d1 := initDriver(t, home, opts)
-	poolName := d1.pool.Name()
+	poolName := d1.store.Pool().Name()
 	require.NoError(t, d1.Create("os", "", nil))
 	withLayer(t, d1, "os", func(root string) { writeFile(t, root, "etc/os", "os\n") })
 	require.NoError(t, d1.Create("app", "os", nil))
@@ -297,7 +300,7 @@ func TestRestartKeepsLayers(t *testing.T) {
 	})
 	root = mustGet(t, d2, "ctr")
 	assert.Equal(t, "ctr\n", readFile(t, root, "ctr"))
-	require.NoError(t, d2.pool.Close()) // the process dies: no Put, no Cleanup
+	require.NoError(t, d2.store.Pool().Close()) // the process dies: no Put, no Cleanup
 
 	d3 := openDriver(t, home)
 	assert.True(t, isMounted(t, d3, "ctr"), "the mount outlived its process")
@@ -313,7 +316,7 @@ func TestRestartKeepsLayers(t *testing.T) {
 func TestCleanupWithLayersMounted(t *testing.T) {
 	home := newHome(t)
 	d := initDriver(t, home, smallPool)
-	poolName := d.pool.Name()
+	poolName := d.store.Pool().Name()
 	for _, id := range []string{"a", "b", "c"} {
 		require.NoError(t, d.Create(id, "", nil))
 	}
@@ -416,7 +419,7 @@ func second[T any](_ T, err error) error { return err }
 func TestBaseDeviceVerifiedAndGrown(t *testing.T) {
 	home := newHome(t)
 	d := initDriver(t, home, smallPool)
-	poolName := d.pool.Name()
+	poolName := d.store.Pool().Name()
 	require.NoError(t, d.Create("old", "", nil))
 	withLayer(t, d, "old", func(root string) { writeFile(t, root, "old", "old\n") })
 	require.NoError(t, d.Cleanup())
@@ -427,10 +430,13 @@ func TestBaseDeviceVerifiedAndGrown(t *testing.T) {
 	assertNothingLeft(t, home, poolName)
 
 	// A different pool behind this home: its base has another UUID.
-	recPath := filepath.Join(home, baseRecordFile)
+	recPath := filepath.Join(home, "base.json")
 	orig, err := os.ReadFile(recPath)
 	require.NoError(t, err)
-	var rec baseRecord
+	var rec struct {
+		Filesystem string `json:"filesystem"`
+		UUID       string `json:"uuid"`
+	}
 	require.NoError(t, json.Unmarshal(orig, &rec))
 	other := rec
 	other.UUID = "01234567-89ab-cdef-0123-456789abcdef"

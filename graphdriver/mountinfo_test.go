@@ -48,19 +48,3 @@ func TestMountsUnderNested(t *testing.T) {
 	assert.Contains(t, m["a"].SuperOptions, "size=2048k")
 	assert.Contains(t, m["a"].Options, "rw")
 }
-
-func TestWriteFileAtomic(t *testing.T) {
-	dir := t.TempDir()
-	p := filepath.Join(dir, "base.json")
-	require.NoError(t, writeFileAtomic(p, []byte("one\n")))
-	require.NoError(t, writeFileAtomic(p, []byte("two\n")))
-	data, err := os.ReadFile(p)
-	require.NoError(t, err)
-	assert.Equal(t, "two\n", string(data))
-	fi, err := os.Stat(p)
-	require.NoError(t, err)
-	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
-	entries, err := os.ReadDir(dir)
-	require.NoError(t, err)
-	assert.Len(t, entries, 1, "no temporary file left")
-}

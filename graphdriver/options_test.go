@@ -175,19 +175,6 @@ func TestValidateID(t *testing.T) {
 	}
 }
 
-// A layer id can never name the base device or anything thinpool reserves.
-func TestDeviceNamesDoNotCollide(t *testing.T) {
-	for _, id := range []string{"base", "pool", "probe-1"} {
-		assert.NotEqual(t, baseDevice, deviceName(id))
-		assert.Equal(t, "l-"+id, deviceName(id))
-		back, ok := layerID(deviceName(id))
-		assert.True(t, ok)
-		assert.Equal(t, id, back)
-	}
-	_, ok := layerID(baseDevice)
-	assert.False(t, ok)
-}
-
 func TestMountOptions(t *testing.T) {
 	flags, data := mountOptions([]string{"noatime", "nodev", "ro", "rw", "discard", "data=writeback"}, "")
 	assert.Equal(t, uintptr(0x400|0x4), flags) // MS_NOATIME|MS_NODEV, ro then rw cancels

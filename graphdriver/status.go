@@ -2,7 +2,6 @@ package graphdriver
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 
@@ -15,23 +14,19 @@ import (
 // and mostly with the keys of Docker's devicemapper driver ("docker info").
 // Sizes are in binary units (GiB, MiB).
 func (d *Driver) Status() [][2]string {
-	done, err := d.enter()
+	s, err := d.PoolStatus(context.Background())
 	if err != nil {
 		return [][2]string{{"Error", err.Error()}}
 	}
-	defer done()
+	pool := d.store.Pool()
 	size := func(n int64) string { return units.BytesSize(float64(n)) }
 	yesNo := strconv.FormatBool
 	out := [][2]string{
-		{"Pool Name", d.pool.Name()},
-		{"Pool Blocksize", size(d.pool.BlockSize())},
-		{"Base Device Size", size(d.baseSize)},
+		{"Pool Name", pool.Name()},
+		{"Pool Blocksize", size(pool.BlockSize())},
+		{"Base Device Size", size(d.store.BaseSize())},
 		{"Backing Filesystem", d.cfg.Filesystem},
 		{"Udev", "not used: dmthin makes its own device nodes"},
-	}
-	s, err := d.pool.Status(context.Background())
-	if err != nil {
-		return append(out, [2]string{"Error", err.Error()})
 	}
 	switch {
 	case s.External:
@@ -41,7 +36,7 @@ func (d *Driver) Status() [][2]string {
 	default:
 		out = append(out, [2]string{"Data file", s.DataDevice}, [2]string{"Metadata file", s.MetadataDevice})
 	}
-	layers, pending, err := d.layerCount()
+	layers, pending, err := d.store.Count()
 	if err != nil {
 		out = append(out, [2]string{"Error", err.Error()})
 	}
@@ -67,32 +62,7 @@ func (d *Driver) Status() [][2]string {
 // metadata used and total, mode, deferred deletions...), for engines that
 // export metrics; Status gives the same as text.
 func (d *Driver) PoolStatus(ctx context.Context) (thinpool.Status, error) {
-	done, err := d.enter()
-	if err != nil {
-		return thinpool.Status{}, err
-	}
-	defer done()
-	return d.pool.Status(ctx)
-}
-
-// layerCount counts the layers, and the layer devices whose deletion is
-// pending (deferred, or started and not finished).
-func (d *Driver) layerCount() (layers, pending int, err error) {
-	devs, err := d.pool.List()
-	if err != nil {
-		return 0, 0, err
-	}
-	for _, dev := range devs {
-		if _, ok := layerID(dev.Name); !ok {
-			continue
-		}
-		if deleting(dev) {
-			pending++
-		} else {
-			layers++
-		}
-	}
-	return layers, pending, nil
+	return d.store.PoolStatus(ctx)
 }
 
 // GetMetadata describes layer id's device: "DeviceId" (its thin id in the
@@ -100,21 +70,11 @@ func (d *Driver) layerCount() (layers, pending int, err error) {
 // active, "DevicePath" (its block node) and "MappedSize" (bytes provisioned
 // for it alone or shared).
 func (d *Driver) GetMetadata(id string) (map[string]string, error) {
-	done, err := d.enter()
+	l, err := d.store.Lookup(id)
 	if err != nil {
 		return nil, err
 	}
-	defer done()
-	if err := ValidateID(id); err != nil {
-		return nil, err
-	}
-	dev, err := d.pool.Get(deviceName(id))
-	if err != nil || deleting(dev) {
-		if err == nil || isNotFound(err) {
-			return nil, fmt.Errorf("%w: %q", ErrNotFound, id)
-		}
-		return nil, fmt.Errorf("graphdriver: metadata of %q: %w", id, err)
-	}
+	dev := l.Device
 	m := map[string]string{
 		"DeviceId":   strconv.FormatUint(uint64(dev.ID), 10),
 		"DeviceSize": strconv.FormatInt(dev.Size, 10),
@@ -126,5 +86,3 @@ func (d *Driver) GetMetadata(id string) (map[string]string, error) {
 	}
 	return m, nil
 }
-
-func isNotFound(err error) bool { return err != nil && errors.Is(err, thinpool.ErrNotFound) }
