@@ -34,6 +34,13 @@ type crashPlan struct {
 }
 
 func TestMain(m *testing.M) {
+	if v := os.Getenv(envServe); v != "" {
+		if err := serveChild(v); err != nil {
+			fmt.Fprintln(os.Stderr, "dmthin-snapshotter:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if v := os.Getenv(envCrash); v != "" {
 		err := crashChild(v)
 		fmt.Fprintln(os.Stderr, "crash child: the step was never reached:", err)
