@@ -188,11 +188,14 @@ func (s *Store) createBase(ctx context.Context) (err error) {
 	}
 	s.step(StepBaseFormatted)
 	err = s.withBaseMounted(node, func(mp string) error {
-		if s.opts.RootfsDir == "" {
-			return nil
-		}
 		root := filepath.Join(mp, s.opts.RootfsDir)
-		if err := os.Mkdir(root, 0o755); err != nil {
+		if s.opts.RootfsDir == "" {
+			// Callers see the filesystem's root itself: it holds only
+			// what they put there.
+			if err := os.Remove(filepath.Join(mp, "lost+found")); err != nil {
+				return err
+			}
+		} else if err := os.Mkdir(root, 0o755); err != nil {
 			return err
 		}
 		// Exactly 0755 and root's, whatever the umask and the caller.

@@ -1,0 +1,71 @@
+package containerd
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestParseConfig(t *testing.T) {
+	c, err := ParseConfig([]byte(`
+root_path = "/var/lib/dmthin-snapshotter"
+base_image_size = "8GB"
+async_remove = true
+discard_blocks = true
+fs_type = "ext4"
+fs_options = "-E lazy_itable_init=1"
+loopback_data_size = "200GB"
+`))
+	require.NoError(t, err)
+	require.Equal(t, Config{RootPath: "/var/lib/dmthin-snapshotter", BaseImageSize: "8GB", AsyncRemove: true,
+		DiscardBlocks: true, FsType: "ext4", FsOptions: "-E lazy_itable_init=1", LoopbackDataSize: "200GB"}, c)
+	sz, errs := c.sizes()
+	require.Empty(t, errs)
+	require.Equal(t, int64(8<<30), sz.base)
+	require.Equal(t, int64(200<<30), sz.data)
+	require.Equal(t, int64(2<<30), sz.meta, "default loopback_metadata_size")
+
+	// The keys of containerd's own devmapper snapshotter are accepted as is.
+	_, err = ParseConfig([]byte(`root_path = "/r"
+pool_name = "containerd-pool"
+base_image_size = "10GB"`))
+	require.NoError(t, err)
+}
+
+func TestParseConfigErrors(t *testing.T) {
+	cases := []struct {
+		name, toml string
+		says       []string
+	}{
+		{"unknown key", "root_path = \"/r\"\npoolname = \"x\"", []string{"unknown key", "poolname"}},
+		{"no root", `base_image_size = "1GB"`, []string{"root_path is required"}},
+		{"relative root", `root_path = "r"`, []string{"root_path", "absolute"}},
+		{"bad size", "root_path = \"/r\"\nbase_image_size = \"ten\"", []string{"base_image_size", `"ten"`}},
+		{"negative size", "root_path = \"/r\"\nloopback_data_size = \"-1G\"", []string{"loopback_data_size"}},
+		{"bad fs", "root_path = \"/r\"\nfs_type = \"zfs\"", []string{"fs_type", `"zfs"`}},
+		{"pool and loop sizes", "root_path = \"/r\"\npool_name = \"p\"\nloopback_data_size = \"1G\"", []string{"pool_name"}},
+		{"pool path", "root_path = \"/r\"\npool_name = \"/dev/mapper/p\"", []string{"pool_name", "without /dev/mapper/"}},
+		{"wrong type", "root_path = 7", []string{"root_path"}},
+		{"not toml", "root_path = ", []string{"line 1"}},
+		{"every problem at once", "fs_type = \"zfs\"\nbase_image_size = \"x\"", []string{"root_path is required", "fs_type", "base_image_size"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(c.toml))
+			require.Error(t, err)
+			require.True(t, errors.Is(err, ErrInvalidConfig), "%v", err)
+			for _, s := range c.says {
+				require.Contains(t, err.Error(), s)
+			}
+		})
+	}
+}
+
+func TestLoadConfigMissingFile(t *testing.T) {
+	_, err := LoadConfig(filepath.Join(t.TempDir(), "none.toml"))
+	require.ErrorIs(t, err, ErrInvalidConfig)
+	require.ErrorIs(t, err, os.ErrNotExist)
+}

@@ -1,0 +1,102 @@
+package layerstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/dmthin/dmthin/thinpool"
+)
+
+// The methods here serve callers that mount a layer's block device
+// themselves (containerd hands the mount to its client) and keep their own
+// per-layer metadata in the layer's labels.
+
+// lookupLocked returns layer name's device, or ErrNotFound for a missing
+// layer or one on its way out. Callers hold the layer's lock.
+func (s *Store) lookupLocked(name string) (thinpool.Device, error) {
+	info, err := s.pool.Lookup(DeviceName(name))
+	if errors.Is(err, thinpool.ErrNotFound) || (err == nil && deleting(info)) {
+		return thinpool.Device{}, fmt.Errorf("%w: %q", ErrNotFound, name)
+	}
+	if err != nil {
+		return thinpool.Device{}, fmt.Errorf("layerstore: %q: %w", name, err)
+	}
+	return info, nil
+}
+
+// Activate makes layer name's block device and returns its path, without
+// mounting it. Activating an active layer returns its path.
+func (s *Store) Activate(ctx context.Context, name string) (string, error) {
+	release, err := s.lockLayer(name)
+	if err != nil {
+		return "", err
+	}
+	defer release()
+	if _, err := s.lookupLocked(name); err != nil {
+		return "", err
+	}
+	node, err := s.pool.Activate(ctx, DeviceName(name))
+	if err != nil {
+		return "", fmt.Errorf("layerstore: activate %q: %w", name, err)
+	}
+	return node, nil
+}
+
+// Deactivate removes layer name's block device. A device still open
+// (mounted by the caller) fails with ErrBusy. A layer the store mounted
+// (Get) must be Put first.
+func (s *Store) Deactivate(ctx context.Context, name string) error {
+	release, err := s.lockLayer(name)
+	if err != nil {
+		return err
+	}
+	defer release()
+	if _, err := s.lookupLocked(name); err != nil {
+		return err
+	}
+	if m := s.mountOf(name); m != nil {
+		return fmt.Errorf("%w: layer %q is mounted by the store (%d references)", ErrBusy, name, m.refs)
+	}
+	err = s.pool.Deactivate(ctx, DeviceName(name), false)
+	if errors.Is(err, thinpool.ErrBusy) {
+		return fmt.Errorf("%w: deactivate %q: %w", ErrBusy, name, err)
+	}
+	return err
+}
+
+// SetLabels merges labels into layer name's labels (a key with value ""
+// is removed); they are durable when it returns. Keys under "dmthin." are
+// the store's own.
+func (s *Store) SetLabels(ctx context.Context, name string, labels map[string]string) error {
+	release, err := s.lockLayer(name)
+	if err != nil {
+		return err
+	}
+	defer release()
+	if _, err := s.lookupLocked(name); err != nil {
+		return err
+	}
+	return s.pool.SetLabels(ctx, DeviceName(name), labels)
+}
+
+// Layers lists every layer (not those on their way out), with its labels
+// and live state.
+func (s *Store) Layers() ([]Layer, error) {
+	done, err := s.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	devs, err := s.pool.List()
+	if err != nil {
+		return nil, err
+	}
+	var out []Layer
+	for _, dev := range devs {
+		if name, ok := layerName(dev.Name); ok && !deleting(dev) {
+			out = append(out, Layer{Name: name, Device: dev})
+		}
+	}
+	return out, nil
+}
