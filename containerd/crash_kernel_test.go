@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/dmthin/dmthin/internal/testenv"
+	"github.com/dmthin/dmthin/layerstore"
 )
 
 // The crash child: a re-run of this test binary that opens the
@@ -88,18 +89,16 @@ func crashChild(v string) error {
 // that the parent's data is intact, and that nothing is left behind.
 func TestCrash(t *testing.T) {
 	testenv.RequireDM(t)
-	if _, err := exec.LookPath("thin_dump"); err != nil {
-		t.Fatal("thin_dump (thin-provisioning-tools) is needed: ", err)
-	}
+	testenv.RequireTool(t, "thin_dump")
 	cases := []struct {
 		op    string
 		steps []string
 		async bool
 	}{
-		{"prepare", []string{"create:snapshot", stepPrepareDevice, stepPrepareLabelled}, false},
+		{"prepare", []string{layerstore.StepCreateSnapshot, layerstore.StepCreateDone, stepPrepareDevice, stepPrepareLabelled}, false},
 		{"view", []string{stepPrepareDevice, stepPrepareLabelled}, false},
 		{"commit", []string{stepCommitDeactivated, stepCommitLabelled}, false},
-		{"remove", []string{stepRemoveDeactivated, "remove:unmounted", "remove:deleted"}, false},
+		{"remove", []string{stepRemoveDeactivated, layerstore.StepRemoveMarked, layerstore.StepRemoveUnmounted, layerstore.StepRemoveDeleted}, false},
 		{"remove", []string{stepRemoveDeactivated, stepRemoveMarked}, true},
 	}
 	for _, c := range cases {

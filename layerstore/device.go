@@ -16,7 +16,7 @@ import (
 // layer or one on its way out. Callers hold the layer's lock.
 func (s *Store) lookupLocked(name string) (thinpool.Device, error) {
 	info, err := s.pool.Lookup(DeviceName(name))
-	if errors.Is(err, thinpool.ErrNotFound) || (err == nil && deleting(info)) {
+	if errors.Is(err, thinpool.ErrNotFound) || (err == nil && !usable(info)) {
 		return thinpool.Device{}, fmt.Errorf("%w: %q", ErrNotFound, name)
 	}
 	if err != nil {
@@ -66,14 +66,17 @@ func (s *Store) Deactivate(ctx context.Context, name string) error {
 }
 
 // SetLabels merges labels into layer name's labels (a key with value ""
-// is removed); they are durable when it returns. Keys under "dmthin." are
-// the store's own.
+// is removed); they are durable when it returns. LabelState is the
+// store's own key: SetLabels refuses to change it.
 func (s *Store) SetLabels(ctx context.Context, name string, labels map[string]string) error {
 	release, err := s.lockLayer(name)
 	if err != nil {
 		return err
 	}
 	defer release()
+	if _, ok := labels[LabelState]; ok {
+		return fmt.Errorf("%w: label %q is the layer store's own", ErrInvalidOptions, LabelState)
+	}
 	if _, err := s.lookupLocked(name); err != nil {
 		return err
 	}
@@ -94,7 +97,7 @@ func (s *Store) Layers() ([]Layer, error) {
 	}
 	var out []Layer
 	for _, dev := range devs {
-		if name, ok := layerName(dev.Name); ok && !deleting(dev) {
+		if name, ok := layerName(dev.Name); ok && usable(dev) {
 			out = append(out, Layer{Name: name, Device: dev})
 		}
 	}
