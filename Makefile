@@ -14,7 +14,7 @@ $(STATICCHECK):
 	GOBIN=$(CURDIR)/out/bin $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	mv out/bin/staticcheck $@
 
-.PHONY: test setup tools test-unit test-hack test-moby test-vm test-race cover shell demo bench
+.PHONY: test setup tools test-unit test-hack test-moby test-containerd test-vm test-race cover shell demo demo-containerd bench
 
 # Everything: host unit tests (device-mapper tests skip there, with a reason),
 # then every package again with DMTHIN_REQUIRE_DM=1 in the VM or natively,
@@ -29,6 +29,7 @@ test:
 	$(MAKE) --no-print-directory test-unit || { rc=1; echo "make test: host unit tests FAILED" >&2; }; \
 	$(VM) test -cover || rc=1; \
 	$(MAKE) --no-print-directory test-moby || rc=1; \
+	$(MAKE) --no-print-directory test-containerd || rc=1; \
 	$(MAKE) --no-print-directory test-race || rc=1; \
 	exit $$rc
 
@@ -36,6 +37,12 @@ test:
 # (graphtest), every test and every benchmark once.
 test-moby:
 	cd moby && ../$(VM) test -timeout 40m -bench . -benchtime 1x ./...
+
+# The containerd/ module in the VM: containerd's snapshotter conformance
+# suite (directly and through the gRPC proxy), crash, bad-input and
+# served-binary tests.
+test-containerd:
+	cd containerd && ../$(VM) test -timeout 30m ./...
 
 # The concurrency tests again with the race detector (in the VM, or natively).
 test-race:
@@ -89,6 +96,15 @@ demo:
 		echo "make demo: running natively on this host's device-mapper"; ./out/layers; \
 	else $(VM) run --file out/layers:/layers -- /layers; fi
 
+# The containerd snapshotter driven through its gRPC socket by containerd's
+# own client: an image chain, a container, a view, the pool's usage.
+demo-containerd:
+	mkdir -p out
+	cd containerd && CGO_ENABLED=0 $(GO) build -o ../out/snapshotter-demo ./examples/demo
+	@if bash -c 'source hack/vm/gotest.sh && vm_host_dm_usable'; then \
+		./out/snapshotter-demo; \
+	else $(VM) run --file out/snapshotter-demo:/snapshotter-demo -- /snapshotter-demo; fi
+
 # Side-by-side benchmarks (ratios measured in one run): dmbench,
 # poolbench and examples/bench-driver in one VM boot, then the Go
 # benchmarks of every package.
@@ -96,6 +112,8 @@ BENCHES := hack/dmbench hack/poolbench examples/bench-driver
 bench:
 	mkdir -p out
 	for p in $(BENCHES); do CGO_ENABLED=0 $(GO) build -o out/$$(basename $$p) ./$$p || exit 1; done
+	cd containerd && CGO_ENABLED=0 $(GO) build -o ../out/bench-snapshotters ./bench
 	$(VM) run --timeout 3600 $(foreach p,$(BENCHES),--file out/$(notdir $(p)):/bench/$(notdir $(p))) \
+		--file out/bench-snapshotters:/bench/bench-snapshotters \
 		--file hack/bench.sh:/bench/run.sh -- /bin/sh /bench/run.sh
 	$(VM) test -run '^$$' -bench . ./...

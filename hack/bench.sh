@@ -9,3 +9,5 @@ echo "=== poolbench: thinpool vs raw ioctls vs dmsetup; scaling; Open time"
 ./poolbench -n 100 -levels "${POOLBENCH_LEVELS:-10,1000,10000}"
 echo "=== bench-driver: graphdriver vs dmsetup+mount CLIs; ApplyDiff vs plain directory"
 ./bench-driver
+echo "=== bench-snapshotters: container life through containerd's snapshotter API: dmthin vs containerd's devmapper vs overlayfs"
+./bench-snapshotters -rounds 20
