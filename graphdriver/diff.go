@@ -5,11 +5,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 
 	archive "github.com/moby/go-archive"
 	"github.com/moby/sys/user"
 	"golang.org/x/sys/unix"
+
+	"github.com/dmthin/dmthin/internal/tarapply"
 )
 
 // The functions here compare and change plain directory trees: the driver
@@ -81,35 +82,17 @@ func diffSizeDirs(layerRoot, parentRoot string) (int64, error) {
 // created or replace what is there, ".wh.NAME" deletes NAME, and
 // ".wh..wh..opq" empties its directory of what the layer below had. Paths
 // are resolved inside root; entries that would escape it are refused. It
-// returns the bytes of file contents in the stream.
+// returns the bytes of file contents in the stream. One syncfs makes the
+// layer durable before it returns.
 //
-// The archive code sets the umask to 0 while it extracts, and the umask is
-// shared by every thread of the process. So the extraction runs on a
-// thread of its own that first unshares its filesystem attributes (umask,
-// cwd, root) and is discarded afterwards: concurrent ApplyDiff calls and
-// the rest of the program never see the changed umask.
+// internal/tarapply does the work: it sets every mode explicitly, so the
+// process umask is neither needed nor changed.
 func applyDiffDir(root string, diff io.Reader) (int64, error) {
-	type result struct {
-		n   int64
-		err error
+	n, err := tarapply.Apply(root, diff, tarapply.Options{Sync: true})
+	if err != nil {
+		return n, fmt.Errorf("graphdriver: apply diff to %s: %w", root, err)
 	}
-	ch := make(chan result, 1)
-	go func() {
-		// Never unlocked: the thread ends with the goroutine, so its
-		// unshared attributes go with it.
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_FS); err != nil {
-			ch <- result{err: fmt.Errorf("unshare filesystem attributes: %w", err)}
-			return
-		}
-		n, err := archive.ApplyUncompressedLayer(root, diff, &archive.TarOptions{})
-		ch <- result{n, err}
-	}()
-	r := <-ch
-	if r.err != nil {
-		return r.n, fmt.Errorf("graphdriver: apply diff to %s: %w", root, r.err)
-	}
-	return r.n, nil
+	return n, nil
 }
 
 func orEmpty(dir string) string {

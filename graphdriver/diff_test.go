@@ -426,9 +426,8 @@ func TestApplyDiffStaysInsideRoot(t *testing.T) {
 	assert.Empty(t, entries, "a layer wrote outside its root")
 }
 
-// The archive code zeroes the umask while extracting; the driver keeps that
-// to a thread of its own, so the process's umask never changes, even with
-// extractions running at the same time.
+// Applying sets modes explicitly: the process's umask never changes, even
+// with extractions running at the same time, and does not mask the modes.
 func TestApplyDiffLeavesUmaskAlone(t *testing.T) {
 	old := unix.Umask(0o027)
 	defer unix.Umask(old)
@@ -441,6 +440,10 @@ func TestApplyDiffLeavesUmaskAlone(t *testing.T) {
 			root := t.TempDir()
 			_, err := applyDiffDir(root, makeTar(t, []tarEntry{{name: "d/", typ: tar.TypeDir}, {name: "d/f", body: "f"}}))
 			assert.NoError(t, err)
+			fi, err := os.Stat(filepath.Join(root, "d/f"))
+			if assert.NoError(t, err) {
+				assert.Equal(t, fs.FileMode(0o644), fi.Mode().Perm(), "the umask masked a mode")
+			}
 		}()
 	}
 	wg.Wait()
