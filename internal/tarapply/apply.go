@@ -2,6 +2,7 @@ package tarapply
 
 import (
 	"archive/tar"
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -65,13 +66,16 @@ func (o Options) withDefaults() Options {
 // is refused with ErrOutsideRoot; symlinks met while resolving a parent
 // directory resolve inside root, as if root were "/".
 //
-// On error, root holds part of the layer.
+// On error, root holds part of the layer. Apply may read r past the end of
+// the tar.
 func Apply(root string, r io.Reader, opts Options) (int64, error) {
 	a, err := newApplier(root, opts.withDefaults())
 	if err != nil {
 		return 0, err
 	}
-	size, err := a.run(tar.NewReader(r))
+	// tar.Reader reads headers 512 bytes at a time; a large buffer turns
+	// those into few reads of the stream.
+	size, err := a.run(tar.NewReader(bufio.NewReaderSize(r, 1<<20)))
 	return size, errors.Join(err, a.close())
 }
 
