@@ -52,6 +52,8 @@ func TestChangesOfSnapshotMatchFullWalk(t *testing.T) {
 			"meta/chown", "meta/touch", "meta/cap", "back/same", "untouched/a/b/c/d", "xchg/a", "xchg/b"} {
 			writeFile(t, root, f, "os "+f)
 		}
+		// Sizes differ, so swapping the two is a change the walk can see.
+		writeFile(t, root, "xchg/b", "a longer body than a's")
 		require.NoError(t, os.Symlink("passwd", filepath.Join(root, "etc/link")))
 		old := time.Unix(1600000000, 0)
 		require.NoError(t, os.Chtimes(filepath.Join(root, "back/same"), old, old))
