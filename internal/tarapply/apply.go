@@ -144,6 +144,12 @@ func (a *applier) entry(hdr *tar.Header, tr *tar.Reader) error {
 	if err != nil {
 		return fmt.Errorf("tarapply: %s: %w", name, err)
 	}
+	if _, dup := a.seen[name]; dup {
+		// An earlier entry of this name may still be in a worker.
+		if err := a.pool.wait(); err != nil {
+			return err
+		}
+	}
 	switch hdr.Typeflag {
 	case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // old tars still carry TypeRegA
 		err = a.regular(entryName{dir, base, name}, hdr.Size, meta, tr)

@@ -81,6 +81,13 @@ func (a *applier) dir(name string, create bool) (int, error) {
 	}
 	fd, err := a.openDir(name)
 	if errors.Is(err, unix.ENOENT) && create {
+		if _, ok := a.seen[name]; ok {
+			// A file of this name may still be in a worker: let it land,
+			// so that the error is the one a plain walk would meet.
+			if err := a.pool.wait(); err != nil {
+				return -1, err
+			}
+		}
 		parent, base := path.Split(name)
 		pfd, perr := a.dir(strings.TrimSuffix(parent, "/"), true)
 		if perr != nil {
