@@ -9,3 +9,5 @@ echo "=== poolbench: thinpool vs raw ioctls vs dmsetup; scaling; Open time"
 ./poolbench -n 100 -levels "${POOLBENCH_LEVELS:-10,1000,10000}"
 echo "=== bench-driver: graphdriver vs dmsetup+mount CLIs; ApplyDiff vs plain directory"
 ./bench-driver
+echo "=== bench-archive: applying Go's src/ as a layer: ApplyDiff vs tar -xf, go-archive, containerd"
+./bench-archive -tar /bench/gosrc.tar -reps "${APPLY_REPS:-5}"
