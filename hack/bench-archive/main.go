@@ -196,7 +196,10 @@ func report(file string, size int64, reps int, names []string, times map[string]
 		slices.Sort(s)
 		return s[len(s)/2]
 	}
-	base := median(times["tar-xf"])
+	var base time.Duration
+	if len(times["tar-xf"]) > 0 {
+		base = median(times["tar-xf"])
+	}
 	fmt.Printf("\nApplying %s (%.1f MiB), %d interleaved rounds, same boot\n\n", filepath.Base(file), float64(size)/(1<<20), reps)
 	fmt.Printf("%-16s %10s %10s %10s %10s\n", "method", "median", "min", "max", "vs tar-xf")
 	for _, n := range names {
