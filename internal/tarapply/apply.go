@@ -3,7 +3,6 @@ package tarapply
 import (
 	"archive/tar"
 	"bufio"
-	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -76,7 +75,8 @@ func Apply(root string, r io.Reader, opts Options) (int64, error) {
 	// tar.Reader reads headers 512 bytes at a time; a large buffer turns
 	// those into few reads of the stream.
 	size, err := a.run(tar.NewReader(bufio.NewReaderSize(r, 1<<20)))
-	return size, errors.Join(err, a.close())
+	a.close()
+	return size, err
 }
 
 // dirTimes is a directory whose times are set when everything is written.
@@ -96,6 +96,9 @@ func (a *applier) run(tr *tar.Reader) (int64, error) {
 			return size, fmt.Errorf("tarapply: read tar: %w", err)
 		}
 		size += hdr.Size
+		if err := a.trimDirs(); err != nil {
+			return size, err
+		}
 		if err := a.entry(hdr, tr); err != nil {
 			return size, err
 		}

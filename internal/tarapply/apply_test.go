@@ -267,6 +267,21 @@ func replaceLayer() []ent {
 	}
 }
 
+// manyDirsLayer has more directories than Apply keeps open, each with a
+// file and a hard link to a file in the first, so links are made after
+// the cache of descriptors was emptied.
+func manyDirsLayer() []ent {
+	var out []ent
+	for i := range maxCachedDirs + 100 {
+		d := fmt.Sprintf("d%04d/", i)
+		out = append(out,
+			ent{name: d, typ: tar.TypeDir},
+			ent{name: d + "f", body: d},
+			ent{name: d + "link", typ: tar.TypeLink, link: "d0000/f"})
+	}
+	return out
+}
+
 // applyBoth applies the layer with go-archive into one copy of the base
 // and with Apply into another, and requires the same trees and sizes.
 func applyBoth(t *testing.T, layer []byte, opts Options) string {
@@ -307,7 +322,7 @@ func requireRoot(t *testing.T) {
 // Apply's own goroutine.
 func TestApplyMatchesGoArchive(t *testing.T) {
 	requireRoot(t)
-	layers := map[string][]ent{"rich": richLayer(t), "replace": replaceLayer()}
+	layers := map[string][]ent{"rich": richLayer(t), "replace": replaceLayer(), "many-dirs": manyDirsLayer()}
 	for name, entries := range layers {
 		layer := makeTar(t, entries)
 		for _, o := range []struct {

@@ -117,8 +117,7 @@ func (p *pool) wait() error {
 }
 
 // stop waits for the workers to finish and end.
-func (p *pool) stop() error {
+func (p *pool) stop() {
 	close(p.jobs)
 	p.workers.Wait()
-	return nil
 }

@@ -53,11 +53,24 @@ func newApplier(root string, opts Options) (*applier, error) {
 }
 
 // close stops the workers and closes every descriptor.
-func (a *applier) close() error {
-	err := a.pool.stop()
+func (a *applier) close() {
+	a.pool.stop()
 	a.dropDirs()
 	unix.Close(a.rootFd)
-	return err
+}
+
+// trimDirs closes the cached descriptors once there are too many. It runs
+// between entries only: an entry may hold two descriptors (a hard link's
+// and its target's directory) that must stay open until it is made.
+func (a *applier) trimDirs() error {
+	if len(a.dirs) < maxCachedDirs {
+		return nil
+	}
+	if err := a.pool.wait(); err != nil {
+		return err
+	}
+	a.dropDirs()
+	return nil
 }
 
 // dropDirs closes the cached directory descriptors; the pool must be idle.
@@ -103,13 +116,6 @@ func (a *applier) dir(name string, create bool) (int, error) {
 	}
 	if err != nil {
 		return -1, a.pathErr("open directory", name, err)
-	}
-	if len(a.dirs) >= maxCachedDirs {
-		if err := a.pool.wait(); err != nil {
-			unix.Close(fd)
-			return -1, err
-		}
-		a.dropDirs()
 	}
 	a.dirs[name] = fd
 	return fd, nil
