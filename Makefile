@@ -14,7 +14,7 @@ $(STATICCHECK):
 	GOBIN=$(CURDIR)/out/bin $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	mv out/bin/staticcheck $@
 
-.PHONY: test setup tools test-unit test-hack test-moby test-containerd test-vm test-race cover shell demo demo-containerd bench
+.PHONY: test setup tools test-unit test-hack test-moby test-containerd test-vm test-race cover shell demo demo-containerd bench bench-apply
 
 # Everything: host unit tests (device-mapper tests skip there, with a reason),
 # then every package again with DMTHIN_REQUIRE_DM=1 in the VM or natively,
@@ -106,14 +106,30 @@ demo-containerd:
 	else $(VM) run --file out/snapshotter-demo:/snapshotter-demo -- /snapshotter-demo; fi
 
 # Side-by-side benchmarks (ratios measured in one run): dmbench,
-# poolbench and examples/bench-driver in one VM boot, then the Go
-# benchmarks of every package.
+# poolbench, examples/bench-driver and hack/bench-archive (applying Go's
+# own src/ as a layer: ApplyDiff vs GNU tar -xf, go-archive and
+# containerd) in one VM boot, then the Go benchmarks of every package.
 BENCHES := hack/dmbench hack/poolbench examples/bench-driver
-bench:
-	mkdir -p out
+bench: out/bench-archive out/gosrc.tar
 	for p in $(BENCHES); do CGO_ENABLED=0 $(GO) build -o out/$$(basename $$p) ./$$p || exit 1; done
 	cd containerd && CGO_ENABLED=0 $(GO) build -o ../out/bench-snapshotters ./bench
 	$(VM) run --timeout 3600 $(foreach p,$(BENCHES),--file out/$(notdir $(p)):/bench/$(notdir $(p))) \
 		--file out/bench-snapshotters:/bench/bench-snapshotters \
-		--file hack/bench.sh:/bench/run.sh -- /bin/sh /bench/run.sh
+		$(BENCH_ARCHIVE_FILES) --file hack/bench.sh:/bench/run.sh -- /bin/sh /bench/run.sh
 	$(VM) test -run '^$$' -bench . ./...
+
+# Only the layer-apply comparison, in one VM boot.
+bench-apply: out/bench-archive out/gosrc.tar
+	$(VM) run --timeout 3600 $(BENCH_ARCHIVE_FILES) -- /bench/bench-archive -tar /bench/gosrc.tar -reps $${REPS:-5}
+
+# hack/bench-archive is a module of its own (containerd stays out of
+# dmthin's go.mod); GNU tar is the host's, copied into the VM.
+BENCH_ARCHIVE_FILES = --file out/bench-archive:/bench/bench-archive --file out/gosrc.tar:/bench/gosrc.tar \
+	--file $$(command -v tar):/usr/bin/tar
+.PHONY: out/bench-archive
+out/bench-archive:
+	mkdir -p out
+	cd hack/bench-archive && CGO_ENABLED=0 $(GO) build -o ../../out/bench-archive .
+out/gosrc.tar:
+	mkdir -p out
+	tar -C "$$($(GO) env GOROOT)" -cf $@ src

@@ -5,11 +5,14 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
+	"time"
 
 	archive "github.com/moby/go-archive"
 	"github.com/moby/sys/user"
 	"golang.org/x/sys/unix"
+
+	"github.com/dmthin/dmthin/internal/changes"
+	"github.com/dmthin/dmthin/internal/tarapply"
 )
 
 // The functions here compare and change plain directory trees: the driver
@@ -27,15 +30,22 @@ func changesDirs(layerRoot, parentRoot string) ([]archive.Change, error) {
 	return changes, nil
 }
 
-// exportDiff is a tar stream of what changed in layerRoot since parentRoot:
-// added and modified entries with their contents, and a ".wh.NAME" entry
-// for every deleted NAME, as OCI image layers carry them. The stream is
-// produced while it is read; layerRoot must stay mounted until it is closed.
-func exportDiff(layerRoot, parentRoot string) (io.ReadCloser, error) {
-	changes, err := changesDirs(layerRoot, parentRoot)
+// changesSince lists what changed in layerRoot, a snapshot of parentRoot
+// taken at created, reading parentRoot only where the layer's ctimes say
+// something changed (see internal/changes).
+func changesSince(layerRoot, parentRoot string, created time.Time) ([]archive.Change, error) {
+	list, err := changes.Since(layerRoot, parentRoot, created)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("graphdriver: compare %s with %s: %w", layerRoot, orEmpty(parentRoot), err)
 	}
+	return list, nil
+}
+
+// exportDiff is a tar stream of the changes in layerRoot: added and
+// modified entries with their contents, and a ".wh.NAME" entry for every
+// deleted NAME, as OCI image layers carry them. The stream is produced
+// while it is read; layerRoot must stay mounted until it is closed.
+func exportDiff(layerRoot string, changes []archive.Change) (io.ReadCloser, error) {
 	rc, err := archive.ExportChanges(layerRoot, changes, user.IdentityMapping{})
 	if err != nil {
 		return nil, fmt.Errorf("graphdriver: export changes of %s: %w", layerRoot, err)
@@ -43,16 +53,13 @@ func exportDiff(layerRoot, parentRoot string) (io.ReadCloser, error) {
 	return rc, nil
 }
 
-// diffSizeDirs is the number of bytes of file contents that changed: the
-// sizes of added and modified regular files, a hard-linked inode counted
-// once. That is what applying exportDiff's stream returns. (archive's
-// ChangesSize also counts the length of symlink targets, which the stream
-// does not carry as contents, so the two would disagree.)
-func diffSizeDirs(layerRoot, parentRoot string) (int64, error) {
-	changes, err := changesDirs(layerRoot, parentRoot)
-	if err != nil {
-		return 0, err
-	}
+// diffSize is the number of bytes of file contents the changes in
+// layerRoot hold: the sizes of added and modified regular files, a
+// hard-linked inode counted once. That is what applying exportDiff's
+// stream returns. (archive's ChangesSize also counts the length of symlink
+// targets, which the stream does not carry as contents, so the two would
+// disagree.)
+func diffSize(layerRoot string, changes []archive.Change) (int64, error) {
 	var size int64
 	seen := map[uint64]bool{}
 	for _, c := range changes {
@@ -81,35 +88,17 @@ func diffSizeDirs(layerRoot, parentRoot string) (int64, error) {
 // created or replace what is there, ".wh.NAME" deletes NAME, and
 // ".wh..wh..opq" empties its directory of what the layer below had. Paths
 // are resolved inside root; entries that would escape it are refused. It
-// returns the bytes of file contents in the stream.
+// returns the bytes of file contents in the stream. One syncfs makes the
+// layer durable before it returns.
 //
-// The archive code sets the umask to 0 while it extracts, and the umask is
-// shared by every thread of the process. So the extraction runs on a
-// thread of its own that first unshares its filesystem attributes (umask,
-// cwd, root) and is discarded afterwards: concurrent ApplyDiff calls and
-// the rest of the program never see the changed umask.
+// internal/tarapply does the work: it sets every mode explicitly, so the
+// process umask is neither needed nor changed.
 func applyDiffDir(root string, diff io.Reader) (int64, error) {
-	type result struct {
-		n   int64
-		err error
+	n, err := tarapply.Apply(root, diff, tarapply.Options{Sync: true})
+	if err != nil {
+		return n, fmt.Errorf("graphdriver: apply diff to %s: %w", root, err)
 	}
-	ch := make(chan result, 1)
-	go func() {
-		// Never unlocked: the thread ends with the goroutine, so its
-		// unshared attributes go with it.
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_FS); err != nil {
-			ch <- result{err: fmt.Errorf("unshare filesystem attributes: %w", err)}
-			return
-		}
-		n, err := archive.ApplyUncompressedLayer(root, diff, &archive.TarOptions{})
-		ch <- result{n, err}
-	}()
-	r := <-ch
-	if r.err != nil {
-		return r.n, fmt.Errorf("graphdriver: apply diff to %s: %w", root, r.err)
-	}
-	return r.n, nil
+	return n, nil
 }
 
 func orEmpty(dir string) string {

@@ -185,6 +185,13 @@ func tarNames(t *testing.T, r io.Reader) map[string]*tar.Header {
 	}
 }
 
+func mustChanges(t *testing.T, layer, parent string) []archive.Change {
+	t.Helper()
+	changes, err := changesDirs(layer, parent)
+	require.NoError(t, err)
+	return changes
+}
+
 func changeSet(changes []archive.Change) map[string]string {
 	m := map[string]string{}
 	for _, c := range changes {
@@ -284,7 +291,7 @@ func TestChangesDirs(t *testing.T) {
 
 func TestDiffHoldsChangesAndWhiteouts(t *testing.T) {
 	parent, child := makeParentAndChild(t)
-	rc, err := exportDiff(child, parent)
+	rc, err := exportDiff(child, mustChanges(t, child, parent))
 	require.NoError(t, err)
 	var buf bytes.Buffer
 	_, err = io.Copy(&buf, rc)
@@ -308,7 +315,7 @@ func TestDiffHoldsChangesAndWhiteouts(t *testing.T) {
 // included, and the size applied equals the diff size.
 func TestApplyDiffReproducesChild(t *testing.T) {
 	parent, child := makeParentAndChild(t)
-	rc, err := exportDiff(child, parent)
+	rc, err := exportDiff(child, mustChanges(t, child, parent))
 	require.NoError(t, err)
 	defer rc.Close()
 
@@ -322,7 +329,7 @@ func TestApplyDiffReproducesChild(t *testing.T) {
 		_, err := os.Lstat(filepath.Join(target, gone))
 		assert.ErrorIs(t, err, fs.ErrNotExist, gone)
 	}
-	size, err := diffSizeDirs(child, parent)
+	size, err := diffSize(child, mustChanges(t, child, parent))
 	require.NoError(t, err)
 	assert.Equal(t, size, n)
 	// Content bytes of added and modified regular files: hostname(6),
@@ -344,14 +351,14 @@ func TestDiffAgainstEmptyParent(t *testing.T) {
 	for _, c := range changes {
 		assert.Equal(t, archive.ChangeType(archive.ChangeAdd), c.Kind, c.Path)
 	}
-	rc, err := exportDiff(child, "")
+	rc, err := exportDiff(child, mustChanges(t, child, ""))
 	require.NoError(t, err)
 	defer rc.Close()
 	target := t.TempDir()
 	n, err := applyDiffDir(target, rc)
 	require.NoError(t, err)
 	assert.Equal(t, treeState(t, child), treeState(t, target))
-	size, err := diffSizeDirs(child, "")
+	size, err := diffSize(child, mustChanges(t, child, ""))
 	require.NoError(t, err)
 	assert.Equal(t, size, n)
 }
@@ -426,9 +433,8 @@ func TestApplyDiffStaysInsideRoot(t *testing.T) {
 	assert.Empty(t, entries, "a layer wrote outside its root")
 }
 
-// The archive code zeroes the umask while extracting; the driver keeps that
-// to a thread of its own, so the process's umask never changes, even with
-// extractions running at the same time.
+// Applying sets modes explicitly: the process's umask never changes, even
+// with extractions running at the same time, and does not mask the modes.
 func TestApplyDiffLeavesUmaskAlone(t *testing.T) {
 	old := unix.Umask(0o027)
 	defer unix.Umask(old)
@@ -441,6 +447,10 @@ func TestApplyDiffLeavesUmaskAlone(t *testing.T) {
 			root := t.TempDir()
 			_, err := applyDiffDir(root, makeTar(t, []tarEntry{{name: "d/", typ: tar.TypeDir}, {name: "d/f", body: "f"}}))
 			assert.NoError(t, err)
+			fi, err := os.Stat(filepath.Join(root, "d/f"))
+			if assert.NoError(t, err) {
+				assert.Equal(t, fs.FileMode(0o644), fi.Mode().Perm(), "the umask masked a mode")
+			}
 		}()
 	}
 	wg.Wait()

@@ -29,6 +29,18 @@ func (d *Driver) mountPair(id, parent string) (layerRoot, parentRoot string, rel
 	return layerRoot, parentRoot, func() error { return errors.Join(d.Put(parent), d.Put(id)) }, nil
 }
 
+// changes lists what layer id changed relative to parent, both mounted at
+// the roots given. When id is a snapshot of parent, its device's creation
+// time lets internal/changes skip what the layer did not touch (parent
+// layers do not change once they have children); for any other pair both
+// trees are walked in full.
+func (d *Driver) changes(id, parent, layerRoot, parentRoot string) ([]archive.Change, error) {
+	if created, ok := d.store.SnapshotOf(id, parent); ok {
+		return changesSince(layerRoot, parentRoot, created)
+	}
+	return changesDirs(layerRoot, parentRoot)
+}
+
 // Diff returns a tar stream of what layer id changed relative to parent:
 // added and modified files, directories, links and devices, and a
 // ".wh.NAME" whiteout for each deleted NAME. Both layers stay mounted until
@@ -38,7 +50,11 @@ func (d *Driver) Diff(id, parent string) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, err
 	}
-	rc, err := exportDiff(layerRoot, parentRoot)
+	changes, err := d.changes(id, parent, layerRoot, parentRoot)
+	if err != nil {
+		return nil, errors.Join(err, release())
+	}
+	rc, err := exportDiff(layerRoot, changes)
 	if err != nil {
 		return nil, errors.Join(err, release())
 	}
@@ -53,7 +69,7 @@ func (d *Driver) Changes(id, parent string) (_ []archive.Change, err error) {
 		return nil, err
 	}
 	defer func() { err = errors.Join(err, release()) }()
-	return changesDirs(layerRoot, parentRoot)
+	return d.changes(id, parent, layerRoot, parentRoot)
 }
 
 // ApplyDiff applies an uncompressed layer tar (with ".wh." whiteouts and
@@ -77,7 +93,11 @@ func (d *Driver) DiffSize(id, parent string) (_ int64, err error) {
 		return 0, err
 	}
 	defer func() { err = errors.Join(err, release()) }()
-	return diffSizeDirs(layerRoot, parentRoot)
+	changes, err := d.changes(id, parent, layerRoot, parentRoot)
+	if err != nil {
+		return 0, err
+	}
+	return diffSize(layerRoot, changes)
 }
 
 // releasingReader puts the layers a Diff mounted when the stream is closed.

@@ -11,3 +11,5 @@ echo "=== bench-driver: graphdriver vs dmsetup+mount CLIs; ApplyDiff vs plain di
 ./bench-driver
 echo "=== bench-snapshotters: container life through containerd's snapshotter API: dmthin vs containerd's devmapper vs overlayfs"
 ./bench-snapshotters -rounds 20
+echo "=== bench-archive: applying Go's src/ as a layer: ApplyDiff vs tar -xf, go-archive, containerd"
+./bench-archive -tar /bench/gosrc.tar -reps "${APPLY_REPS:-5}"

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/dmthin/dmthin/thinpool"
 )
@@ -102,4 +103,25 @@ func (s *Store) Layers() ([]Layer, error) {
 		}
 	}
 	return out, nil
+}
+
+// SnapshotOf reports whether layer name was made as a snapshot of layer
+// parent ("" for the base device), and when. Since a layer with children
+// never changes, what name changed since then is all it differs by from
+// parent; callers comparing the two trees can skip what name did not touch.
+func (s *Store) SnapshotOf(name, parent string) (created time.Time, ok bool) {
+	done, err := s.enter()
+	if err != nil {
+		return time.Time{}, false
+	}
+	defer done()
+	origin := baseDevice
+	if parent != "" {
+		origin = DeviceName(parent)
+	}
+	dev, err := s.pool.Lookup(DeviceName(name))
+	if err != nil || dev.Parent != origin || dev.Created.IsZero() {
+		return time.Time{}, false
+	}
+	return dev.Created, true
 }
