@@ -154,7 +154,8 @@ func (a *applier) entry(hdr *tar.Header, tr *tar.Reader) error {
 		}
 	}
 	switch hdr.Typeflag {
-	case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // old tars still carry TypeRegA
+	//lint:ignore SA1019 tars written before POSIX (and some writers since) still carry TypeRegA
+	case tar.TypeReg, tar.TypeRegA:
 		err = a.regular(entryName{dir, base, name}, hdr.Size, meta, tr)
 	case tar.TypeDir:
 		err = a.directory(entryName{dir, base, name}, meta)
