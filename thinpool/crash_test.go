@@ -45,6 +45,10 @@ var crashCases = []crashCase{
 		map[string]bool{"activate:created": true, "activate:loaded": true, "activate:resumed": true}},
 }
 
+// crashLabels are given to the devices the crash child makes: a device that
+// survives recovery must have them (labels are committed with the intent).
+var crashLabels = map[string]string{"made-by": "crash-child"}
+
 // TestMain runs the crash child when the parent test asked for one.
 func TestMain(m *testing.M) {
 	if os.Getenv(envCrashOpts) != "" {
@@ -77,9 +81,9 @@ func crashChild() {
 	}
 	switch os.Getenv(envCrashOp) {
 	case "create":
-		_, err = p.Create(ctx, "target", 16*MiB)
+		_, err = p.Create(ctx, "target", 16*MiB, WithLabels(crashLabels))
 	case "snapshot":
-		_, err = p.Snapshot(ctx, "target", "origin", 0)
+		_, err = p.Snapshot(ctx, "target", "origin", 0, WithLabels(crashLabels))
 	case "delete":
 		err = p.Delete(ctx, "target", DeleteOptions{})
 	case "activate":
@@ -141,8 +145,11 @@ func runCrash(t *testing.T, cc crashCase, step string) {
 		assert.Contains(t, []State{StateReady}, r.State, "record %q settled", r.Name)
 		names[r.Name] = r
 	}
-	_, has := names["target"]
+	target, has := names["target"]
 	assert.Equal(t, cc.present[step], has, "target after crash at %s", step)
+	if has && (cc.op == "create" || cc.op == "snapshot") {
+		assert.Equal(t, crashLabels, target.Labels, "labels of the target after crash at %s", step)
+	}
 
 	// No stray or suspended dm devices of this pool.
 	live, err := p.dm.List()

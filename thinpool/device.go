@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"time"
 
@@ -27,6 +28,8 @@ type Device struct {
 	// DeferredDelete: deletion waits for the device to be closed.
 	DeferredDelete bool
 	Created        time.Time
+	// Labels are the caller's key/value pairs (WithLabels, SetLabels).
+	Labels map[string]string
 }
 
 // maxNameLen leaves room in the kernel's 127-byte name for the prefix.
@@ -55,22 +58,26 @@ func checkSize(size int64) (devmapper.Sectors, error) {
 }
 
 // Create makes an empty thin device of size bytes (a multiple of 512).
-func (p *Pool) Create(ctx context.Context, name string, size int64) (Device, error) {
-	return p.create(ctx, name, "", size)
+func (p *Pool) Create(ctx context.Context, name string, size int64, opts ...CreateOption) (Device, error) {
+	return p.create(ctx, name, "", size, opts)
 }
 
 // Snapshot makes name a copy-on-write snapshot of parent. size 0 keeps the
 // parent's size; a bigger size is allowed, a smaller one is not. An active
 // parent is suspended for the instant of the snapshot and resumed on every
 // path.
-func (p *Pool) Snapshot(ctx context.Context, name, parent string, size int64) (Device, error) {
+func (p *Pool) Snapshot(ctx context.Context, name, parent string, size int64, opts ...CreateOption) (Device, error) {
 	if parent == "" {
 		return Device{}, fmt.Errorf("thinpool: snapshot %q: %w: empty parent name", name, ErrInvalidName)
 	}
-	return p.create(ctx, name, parent, size)
+	return p.create(ctx, name, parent, size, opts)
 }
 
-func (p *Pool) create(ctx context.Context, name, parent string, size int64) (Device, error) {
+func (p *Pool) create(ctx context.Context, name, parent string, size int64, opts []CreateOption) (Device, error) {
+	cfg, err := newCreateConfig(opts)
+	if err != nil {
+		return Device{}, err
+	}
 	done, err := p.enter()
 	if err != nil {
 		return Device{}, err
@@ -126,7 +133,7 @@ func (p *Pool) create(ctx context.Context, name, parent string, size int64) (Dev
 
 	p.msgMu.Lock()
 	defer p.msgMu.Unlock()
-	rec := &record{Name: name, Size: size, Parent: parent, State: StateCreating, TxID: p.txid + 1, Created: time.Now().UTC()}
+	rec := &record{Name: name, Size: size, Parent: parent, State: StateCreating, TxID: p.txid + 1, Created: time.Now().UTC(), Labels: cfg.labels}
 	err = p.st.update(func(tx txn) error {
 		if _, err := getRecord(tx, name); err == nil {
 			return fmt.Errorf("%w: %q", ErrExists, name)
@@ -533,7 +540,7 @@ func (p *Pool) List() ([]Device, error) {
 // recordDevice is the part of a Device the store knows.
 func recordDevice(r *record) Device {
 	return Device{Name: r.Name, ID: r.ID, Size: r.Size, Parent: r.Parent, State: r.State,
-		DeferredDelete: r.State == StateDeferredDelete, Created: r.Created}
+		DeferredDelete: r.State == StateDeferredDelete, Created: r.Created, Labels: maps.Clone(r.Labels)}
 }
 
 // describe fills in the live state. With a non-nil active map, devices not

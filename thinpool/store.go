@@ -37,6 +37,8 @@ type record struct {
 	State   State     `json:"state"`
 	TxID    uint64    `json:"txid"` // the pool transaction id of the last change
 	Created time.Time `json:"created"`
+	// Labels are the caller's, stored with the record.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 var (
