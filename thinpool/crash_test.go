@@ -39,8 +39,12 @@ var crashCases = []crashCase{
 		map[string]bool{"create:intent": false, "create:message": false, "create:txid": true, "create:done": true}},
 	{"snapshot", []string{"snapshot:suspended", "create:intent", "create:message", "create:txid", "create:done"},
 		map[string]bool{"snapshot:suspended": false, "create:intent": false, "create:message": false, "create:txid": true, "create:done": true}},
-	{"delete", []string{"delete:intent", "delete:message", "delete:txid", "delete:done"},
-		map[string]bool{"delete:intent": false, "delete:message": false, "delete:txid": false, "delete:done": false}},
+	{"delete", []string{"delete:marked", "delete:intent", "delete:message", "delete:txid", "delete:done"},
+		map[string]bool{"delete:marked": false, "delete:intent": false, "delete:message": false, "delete:txid": false, "delete:done": false}},
+	// Delete with discard: the deleting intent must be durable before a
+	// single block is discarded.
+	{"delete-discard", []string{"delete:marked", "delete:discarded", "delete:intent", "delete:message", "delete:txid", "delete:done"},
+		map[string]bool{"delete:marked": false, "delete:discarded": false, "delete:intent": false, "delete:message": false, "delete:txid": false, "delete:done": false}},
 	{"activate", []string{"activate:created", "activate:loaded", "activate:resumed"},
 		map[string]bool{"activate:created": true, "activate:loaded": true, "activate:resumed": true}},
 }
@@ -86,6 +90,8 @@ func crashChild() {
 		_, err = p.Snapshot(ctx, "target", "origin", 0, WithLabels(crashLabels))
 	case "delete":
 		err = p.Delete(ctx, "target", DeleteOptions{})
+	case "delete-discard":
+		err = p.Delete(ctx, "target", DeleteOptions{Discard: true})
 	case "activate":
 		_, err = p.Activate(ctx, "target")
 	}
@@ -112,11 +118,12 @@ func runCrash(t *testing.T, cc crashCase, step string) {
 	require.NoError(t, err)
 	data := pattern(11, MiB)
 	writeFile(t, opath, 0, data)
-	if cc.op == "delete" || cc.op == "activate" {
+	deletes := strings.HasPrefix(cc.op, "delete")
+	if deletes || cc.op == "activate" {
 		_, err = tp.Snapshot(ctx, "target", "origin", 0)
 		require.NoError(t, err)
 	}
-	if cc.op == "delete" {
+	if deletes {
 		_, err = tp.Activate(ctx, "target")
 		require.NoError(t, err)
 	}

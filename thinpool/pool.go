@@ -38,11 +38,17 @@ type Pool struct {
 	// and guards txid.
 	msgMu sync.Mutex
 	txid  uint64
+	// issued is the last transaction id handed to a change (txn.go); the
+	// next one is past both. Guarded by msgMu.
+	issued uint64
 
 	locks keyedmutex.Map
 
 	// pending names the records recovery found waiting for deletion.
 	pending []string
+	// strays are dm devices of the pool that recovery could neither remove
+	// nor resume.
+	strays []FaultyDevice
 
 	closeMu sync.RWMutex
 	closed  bool
@@ -50,6 +56,8 @@ type Pool struct {
 	// hook is called at each named step of an operation; tests use it to
 	// crash the process at that point.
 	hook func(step string)
+	// resumeFault, when set, can fail a resume before it is tried (tests).
+	resumeFault func(dm string) error
 }
 
 func (p *Pool) step(name string) {

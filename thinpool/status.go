@@ -29,6 +29,10 @@ type Status struct {
 	Devices                                        int
 	DeferredDeletes                                int
 	Faulty                                         int
+	// FaultyDevices names every device recovery could not settle (faulty
+	// records, and dm devices of the pool it could not remove or resume),
+	// with the reason.
+	FaultyDevices []FaultyDevice
 	// Where the pool lives: loopback files, or devices.
 	DataFile, MetadataFile     string
 	DataDevice, MetadataDevice string
@@ -36,6 +40,12 @@ type Status struct {
 	MinFreeSpacePercent        int
 	// EventNr is the pool device's event counter, for WaitEvent.
 	EventNr uint32
+}
+
+// FaultyDevice is a device Open could not settle.
+type FaultyDevice struct {
+	Name   string // the device's name, or a dm device name for a stray
+	Reason string
 }
 
 // Status reads the pool's status without making it commit metadata.
@@ -69,8 +79,10 @@ func (p *Pool) status() (Status, error) {
 			s.DeferredDeletes++
 		case StateFaulty:
 			s.Faulty++
+			s.FaultyDevices = append(s.FaultyDevices, FaultyDevice{Name: r.Name, Reason: r.Fault})
 		}
 	}
+	s.FaultyDevices = append(s.FaultyDevices, p.strays...)
 	return s, nil
 }
 
