@@ -91,7 +91,8 @@ func do(fd int, r *request) (*reply, error) {
 			return nil, &Error{Op: r.op, Name: r.name, Errno: e}
 		}
 		out := &reply{hdr: *hdr}
-		if hdr.Flags&unix.DM_BUFFER_FULL_FLAG != 0 {
+		full := hdr.Flags&unix.DM_BUFFER_FULL_FLAG != 0
+		if full && resendable(r.cmd) {
 			if size >= maxBufferSize {
 				return nil, &Error{Op: r.op, Name: r.name, Errno: unix.ENOBUFS}
 			}
@@ -108,8 +109,24 @@ func do(fd int, r *request) (*reply, error) {
 			return nil, fmt.Errorf("devmapper: %s %q: reply has data %d..%d outside buffer of %d", r.op, r.name, start, end, len(buf))
 		}
 		out.data = buf[start:end]
+		if full {
+			return out, fmt.Errorf("%w: %s %q: reply of more than %d bytes (it ran once; not sent again)", ErrTruncated, r.op, r.name, len(buf))
+		}
 		return out, nil
 	}
+}
+
+// resendable reports whether an ioctl only reads, so that it can be sent
+// again with a bigger buffer when its reply did not fit. Anything else
+// (a target message above all: the pool would run it twice) is not.
+func resendable(cmd uintptr) bool {
+	switch cmd {
+	case unix.DM_VERSION, unix.DM_LIST_DEVICES, unix.DM_DEV_STATUS,
+		unix.DM_TABLE_STATUS, unix.DM_TABLE_DEPS, unix.DM_LIST_VERSIONS,
+		unix.DM_GET_TARGET_VERSION:
+		return true
+	}
+	return false
 }
 
 func align8(n int) int { return (n + 7) &^ 7 }
