@@ -207,6 +207,35 @@ func (p *Pool) resume(dm string) error {
 	return fmt.Errorf("thinpool: %s stays suspended: resume: %w", dm, errors.Join(errs...))
 }
 
+// reload swaps table t in for the live table of dm: load, suspend, resume.
+// A resume that fails has already made t live (the kernel swaps tables
+// before it resumes), so the old table is loaded and resumed again: the
+// device is never left suspended, and the error says what happened.
+func (p *Pool) reload(dm string, t devmapper.Table) error {
+	old, err := p.dm.Table(dm)
+	if err != nil {
+		return err
+	}
+	if err := p.dm.Load(dm, t, false); err != nil {
+		return err
+	}
+	if err := p.dm.Suspend(dm, devmapper.SuspendOptions{}); err != nil {
+		return errors.Join(err, p.dm.ClearInactive(dm))
+	}
+	rerr := p.resumeOnce(dm)
+	if rerr == nil {
+		return nil
+	}
+	p.log.WithError(rerr).WithField("dm", dm).Warn("resume with the new table failed; restoring the old one")
+	if err := p.dm.Load(dm, old, false); err != nil {
+		return errors.Join(fmt.Errorf("thinpool: reload %s: resume: %w", dm, rerr), fmt.Errorf("restore old table: %w", err), p.resume(dm))
+	}
+	if err := p.resume(dm); err != nil {
+		return errors.Join(fmt.Errorf("thinpool: reload %s: resume: %w", dm, rerr), fmt.Errorf("restore old table: %w", err))
+	}
+	return fmt.Errorf("thinpool: reload %s: resume failed, old table restored: %w", dm, rerr)
+}
+
 func (p *Pool) resumeOnce(dm string) error {
 	if p.resumeFault != nil {
 		if err := p.resumeFault(dm); err != nil {
@@ -485,6 +514,7 @@ func (p *Pool) Resize(ctx context.Context, name string, size int64) error {
 	if size == rec.Size {
 		return nil
 	}
+	oldSize := rec.Size
 	rec.Size = size
 	if err := p.st.update(func(tx txn) error { return putRecord(tx, rec) }); err != nil {
 		return err
@@ -497,8 +527,9 @@ func (p *Pool) Resize(ctx context.Context, name string, size int64) error {
 	if err != nil {
 		return err
 	}
-	if err := p.dm.Reload(dm, p.thinTable(rec), devmapper.SuspendOptions{}); err != nil {
-		return fmt.Errorf("thinpool: resize %q: %w", name, err)
+	if err := p.reload(dm, p.thinTable(rec)); err != nil {
+		rec.Size = oldSize
+		return errors.Join(fmt.Errorf("thinpool: resize %q: %w", name, err), p.st.update(func(tx txn) error { return putRecord(tx, rec) }))
 	}
 	return nil
 }
@@ -574,15 +605,25 @@ func (p *Pool) describe(r *record, active map[string]bool) Device {
 	if active != nil && !active[dm] {
 		return d
 	}
+	log := p.log.WithField("device", r.Name)
 	info, err := p.dm.Info(dm)
+	if err != nil && !devmapper.IsNotFound(err) {
+		log.WithError(err).Warn("describe: device info")
+	}
 	if err != nil || !info.LiveTable {
 		return d
 	}
 	d.Active, d.Path, d.OpenCount = true, p.dm.NodePath(dm), int(info.OpenCount)
-	if lines, err := p.dm.Status(dm, devmapper.StatusOptions{NoFlush: true}); err == nil && len(lines) == 1 {
-		if st, err := devmapper.ParseThinStatus(lines[0].Params); err == nil {
-			d.MappedBytes = int64(st.MappedSectors.Bytes())
-		}
+	lines, err := p.dm.Status(dm, devmapper.StatusOptions{NoFlush: true})
+	if err != nil || len(lines) != 1 {
+		log.WithError(err).WithField("targets", len(lines)).Warn("describe: thin status")
+		return d
 	}
+	st, err := devmapper.ParseThinStatus(lines[0].Params)
+	if err != nil {
+		log.WithError(err).Warn("describe: thin status")
+		return d
+	}
+	d.MappedBytes = int64(st.MappedSectors.Bytes())
 	return d
 }

@@ -52,6 +52,10 @@ type Pool struct {
 
 	closeMu sync.RWMutex
 	closed  bool
+	// closing is closed when Close starts, to end waits (WaitEvent) that
+	// would otherwise keep it from taking closeMu.
+	closing   chan struct{}
+	closeOnce sync.Once
 
 	// hook is called at each named step of an operation; tests use it to
 	// crash the process at that point.
@@ -81,7 +85,7 @@ func Open(ctx context.Context, opts Options) (_ *Pool, err error) {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, fmt.Errorf("thinpool: root: %w", err)
 	}
-	p := &Pool{opts: opts, log: opts.Logger.WithField("pool-root", root)}
+	p := &Pool{opts: opts, log: opts.Logger.WithField("pool-root", root), closing: make(chan struct{})}
 	var cleanup []func() error
 	defer func() {
 		if err != nil {
@@ -193,6 +197,7 @@ func (p *Pool) enter() (func(), error) {
 // Close releases the store and file handles. Active devices, the pool and
 // its loop devices stay, for the next Open to find.
 func (p *Pool) Close() error {
+	p.closeOnce.Do(func() { close(p.closing) })
 	p.closeMu.Lock()
 	defer p.closeMu.Unlock()
 	if p.closed {

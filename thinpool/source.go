@@ -171,7 +171,7 @@ func (p *Pool) ensurePool(md, dd devmapper.Dev) error {
 		if tab.Length() < want[0].Length {
 			// The data device grew while we were away.
 			want[0].Params = withBlockSize(want[0].Params, cur.BlockSize)
-			if err := p.dm.Reload(p.name, want, devmapper.SuspendOptions{}); err != nil {
+			if err := p.reload(p.name, want); err != nil {
 				return fmt.Errorf("thinpool: grow %q: %w", p.name, err)
 			}
 		}

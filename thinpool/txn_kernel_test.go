@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -160,4 +161,35 @@ func checkFaultyStatus(t *testing.T, p *Pool, name string) {
 		}
 	}
 	t.Errorf("Status.FaultyDevices %v does not list %s", st.FaultyDevices, name)
+}
+
+// TestCloseEndsWaitEvent: Close must not wait for a WaitEvent that has no
+// event coming (issue item 11); the waiter gets ErrClosed.
+func TestCloseEndsWaitEvent(t *testing.T) {
+	tp := openPool(t, nil)
+	ctx := context.Background()
+	st, err := tp.Status(ctx)
+	require.NoError(t, err)
+	waitErr := make(chan error, 1)
+	go func() {
+		_, err := tp.WaitEvent(ctx, st.EventNr) // no deadline, no event
+		waitErr <- err
+	}()
+	time.Sleep(300 * time.Millisecond) // let it reach poll
+	closed := make(chan error, 1)
+	start := time.Now()
+	go func() { closed <- tp.Close() }()
+	select {
+	case err := <-closed:
+		require.NoError(t, err)
+		t.Logf("Close returned after %s", time.Since(start))
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close blocked behind WaitEvent")
+	}
+	select {
+	case err := <-waitErr:
+		assert.ErrorIs(t, err, ErrClosed)
+	case <-time.After(5 * time.Second):
+		t.Fatal("WaitEvent did not return after Close")
+	}
 }
