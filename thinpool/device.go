@@ -184,7 +184,15 @@ func (p *Pool) suspendIfActive(name string) (func() error, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := p.dm.Suspend(dm, devmapper.SuspendOptions{}); err != nil {
+	// Suspending freezes the block device (lockfs) so that a mounted
+	// filesystem is clean in the snapshot. But a frozen block device
+	// cannot be mounted: the kernel answers EBUSY ("Can't mount, blockdev
+	// is frozen"), which is what a concurrent Activate and mount of the
+	// origin met. A device nobody has open has no filesystem to freeze;
+	// suspend it without lockfs, and a mount that starts now waits for
+	// its I/O instead of failing.
+	opts := devmapper.SuspendOptions{SkipLockfs: info.OpenCount == 0}
+	if err := p.dm.Suspend(dm, opts); err != nil {
 		return nil, fmt.Errorf("thinpool: suspend %q: %w", name, err)
 	}
 	p.step("snapshot:suspended")
