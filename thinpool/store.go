@@ -24,7 +24,8 @@ const (
 	StateDeleting State = "deleting"
 	// StateDeferredDelete: deletion waits for the device to be closed.
 	StateDeferredDelete State = "deferred-delete"
-	// StateFaulty: the thin device could not be found after a crash.
+	// StateFaulty: Open could not settle the record (the thin device was
+	// lost, or a half-done change could not be finished); Fault says why.
 	StateFaulty State = "faulty"
 )
 

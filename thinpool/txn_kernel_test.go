@@ -193,3 +193,24 @@ func TestCloseEndsWaitEvent(t *testing.T) {
 		t.Fatal("WaitEvent did not return after Close")
 	}
 }
+
+// TestOpenReportsBusyStray: a dm device with the pool's prefix that no
+// record explains and that is held open cannot be removed; Open reports it
+// and opens anyway.
+func TestOpenReportsBusyStray(t *testing.T) {
+	tp := openPool(t, nil)
+	ctx := context.Background()
+	stray := tp.dmName("stray")
+	_, err := tp.dm.Activate(stray, "", devmapper.Table{{Length: 8, Params: devmapper.RawParams{Type: "zero"}}}, false)
+	require.NoError(t, err)
+	f, err := os.Open(tp.dm.NodePath(stray))
+	require.NoError(t, err)
+	require.NoError(t, tp.Close())
+
+	p, err := Open(ctx, tp.opts)
+	require.NoError(t, err, "a busy stray must not stop Open")
+	tp.Pool = p
+	checkFaultyStatus(t, p, stray)
+	require.NoError(t, f.Close())
+	require.NoError(t, p.dm.Remove(stray, devmapper.RemoveOptions{}))
+}
