@@ -67,10 +67,13 @@ func holdThin(t *testing.T, p *Pool, name string) (release func()) {
 	t.Helper()
 	rec, err := p.st.get(name)
 	require.NoError(t, err)
-	hold := fmt.Sprintf("%s-hold-%d", testenv.Suffix(t), rec.ID)
-	_, err = p.dm.Activate(hold, "", p.thinTable(rec), false)
+	// A client of its own: the pool may be closed before release.
+	c, err := devmapper.Open(devmapper.Options{})
 	require.NoError(t, err)
-	f, err := os.Open(p.dm.NodePath(hold))
+	hold := fmt.Sprintf("%s-hold-%d", testenv.Suffix(t), rec.ID)
+	_, err = c.Activate(hold, "", p.thinTable(rec), false)
+	require.NoError(t, err)
+	f, err := os.Open(c.NodePath(hold))
 	require.NoError(t, err)
 	done := false
 	release = func() {
@@ -79,7 +82,8 @@ func holdThin(t *testing.T, p *Pool, name string) (release func()) {
 		}
 		done = true
 		assert.NoError(t, f.Close())
-		assert.NoError(t, p.dm.Remove(hold, devmapper.RemoveOptions{}))
+		assert.NoError(t, c.Remove(hold, devmapper.RemoveOptions{}))
+		assert.NoError(t, c.Close())
 	}
 	t.Cleanup(release)
 	return release
