@@ -60,8 +60,10 @@ type Pool struct {
 	// hook is called at each named step of an operation; tests use it to
 	// crash the process at that point.
 	hook func(step string)
-	// resumeFault, when set, can fail a resume before it is tried (tests).
-	resumeFault func(dm string) error
+	// resumeFault and messageFault, when set, can fail a resume or a pool
+	// message before it is sent (tests).
+	resumeFault  func(dm string) error
+	messageFault func(msg string) error
 }
 
 func (p *Pool) step(name string) {
