@@ -103,3 +103,28 @@ func TestResumeFailuresAreReported(t *testing.T) {
 	assert.Equal(t, int64(16*MiB), size)
 	require.NoError(t, tp.Resize(ctx, "origin", 32*MiB))
 }
+
+// TestSnapshotRefusedAfterSuspendResumesOrigin: a snapshot whose intent
+// cannot be committed (the name was taken between the first check and the
+// commit, simulated by the record appearing at the suspend step) must
+// still resume its origin.
+func TestSnapshotRefusedAfterSuspendResumesOrigin(t *testing.T) {
+	tp := openPool(t, nil)
+	ctx := context.Background()
+	o, err := tp.Create(ctx, "origin", 16*MiB)
+	require.NoError(t, err)
+	_, err = tp.Activate(ctx, "origin")
+	require.NoError(t, err)
+	tp.hook = func(step string) {
+		if step == "snapshot:suspended" {
+			require.NoError(t, tp.st.update(func(tx txn) error {
+				return putRecord(tx, &record{Name: "taken", ID: o.ID + 100, Size: MiB, State: StateFaulty})
+			}))
+		}
+	}
+	_, err = tp.Snapshot(ctx, "taken", "origin", 0)
+	tp.hook = nil
+	assert.ErrorIs(t, err, ErrExists)
+	assertNotSuspended(t, tp.Pool, tp.dmName("origin"))
+	require.NoError(t, tp.st.update(func(tx txn) error { return deleteRecord(tx, &record{Name: "taken", ID: o.ID + 100}) }))
+}

@@ -68,6 +68,9 @@ func (p *Pool) runLocked(c change) (err error) {
 		return putU64(tx.Bucket(bucketMeta), keyTxIssued, next)
 	})
 	if err != nil {
+		if c.sent != nil {
+			err = errors.Join(err, c.sent())
+		}
 		return err
 	}
 	p.issued = next
