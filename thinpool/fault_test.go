@@ -183,6 +183,8 @@ func TestExternalPool(t *testing.T) {
 	// The owner comes back and cleans up its device.
 	p, err = Open(ctx, opts)
 	require.NoError(t, err)
+	assertPoolMatchesRecords(t, p)
 	require.NoError(t, p.Delete(ctx, "mine", DeleteOptions{}))
+	assertPoolMatchesRecords(t, p)
 	require.NoError(t, p.Shutdown(ctx))
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/dmthin/dmthin/devmapper"
 	"github.com/dmthin/dmthin/internal/testenv"
@@ -43,7 +45,16 @@ func liveThinIDs(t *testing.T, p *Pool) []uint32 {
 	require.NoError(t, p.commitMetadata())
 	_, err := p.dm.Message(p.name, 0, "reserve_metadata_snap")
 	require.NoError(t, err)
-	out, err := exec.Command("thin_dump", "--metadata-snap", p.metaPath).Output()
+	meta := p.metaPath
+	if meta == "" {
+		// An external pool: a node for the metadata device of its table.
+		tab, err := p.dm.Table(p.name)
+		require.NoError(t, err)
+		md := tab[0].Params.(devmapper.ThinPoolParams).Metadata
+		meta = filepath.Join(t.TempDir(), "metadata")
+		require.NoError(t, unix.Mknod(meta, unix.S_IFBLK|0o600, int(unix.Mkdev(md.Major, md.Minor))))
+	}
+	out, err := exec.Command("thin_dump", "--metadata-snap", meta).Output()
 	_, rerr := p.dm.Message(p.name, 0, "release_metadata_snap")
 	require.NoError(t, err, "thin_dump --metadata-snap")
 	require.NoError(t, rerr)
