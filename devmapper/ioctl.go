@@ -99,6 +99,15 @@ func do(fd int, r *request) (*reply, error) {
 			size *= 4
 			continue
 		}
+		if full {
+			// Not sent again. The kernel leaves data_size at the header
+			// when the reply overflowed; what fitted is NUL-terminated
+			// from data_start.
+			if int(hdr.Data_start) >= headerSize && int(hdr.Data_start) < len(buf) {
+				out.data = buf[hdr.Data_start:]
+			}
+			return out, fmt.Errorf("%w: %s %q: reply of more than %d bytes (it ran once; not sent again)", ErrTruncated, r.op, r.name, len(buf))
+		}
 		// data_size is what the kernel used; with no payload it is the
 		// header alone (offsetof(struct dm_ioctl, data), below data_start).
 		start, end := int(hdr.Data_start), int(hdr.Data_size)
@@ -109,9 +118,6 @@ func do(fd int, r *request) (*reply, error) {
 			return nil, fmt.Errorf("devmapper: %s %q: reply has data %d..%d outside buffer of %d", r.op, r.name, start, end, len(buf))
 		}
 		out.data = buf[start:end]
-		if full {
-			return out, fmt.Errorf("%w: %s %q: reply of more than %d bytes (it ran once; not sent again)", ErrTruncated, r.op, r.name, len(buf))
-		}
 		return out, nil
 	}
 }
