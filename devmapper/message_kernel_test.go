@@ -14,9 +14,8 @@ import (
 )
 
 // TestLongMessageAnswerIsNotResent: a target message is sent once, even
-// when its answer does not fit the buffer: the answer comes back cut, with
-// ErrTruncated, instead of the message being sent again (a pool message
-// would run twice). dm-stats gives a long answer: "@stats_print" of a region
+// when its answer does not fit the buffer: it fails with ErrTruncated
+// instead of being sent again (a pool message would run twice). dm-stats gives a long answer: "@stats_print" of a region
 // of 2000 areas, one line each. (The kernel's own "@stats_print_clear"
 // leaves the counters alone when the answer overflows, precisely so that
 // userspace can send it again; a thin-pool message has no such guard.)
@@ -44,17 +43,17 @@ func TestLongMessageAnswerIsNotResent(t *testing.T) {
 	out, err := c.Message(name, 0, "@stats_print "+id)
 	require.Error(t, err, "an answer of %d areas does not fit the first buffer", areas)
 	assert.True(t, errors.Is(err, devmapper.ErrTruncated), "%v", err)
-	t.Logf("cut answer: %d bytes, %d lines; error: %v", len(out), strings.Count(out, "\n"), err)
-	first, _, _ := strings.Cut(out, "\n")
-	f1 := strings.Fields(first)
-	require.GreaterOrEqual(t, len(f1), 2, "a counters line: %q", first)
-	assert.Equal(t, "1", f1[1], "one read completed in the first area")
-	assert.Less(t, strings.Count(out, "\n"), areas, "cut short")
+	// The kernel copies back only the header when the answer overflowed
+	// (data_size stays at the header), so nothing of it arrives.
+	t.Logf("answer %q; error: %v", out, err)
+	assert.Empty(t, out)
 
-	// A short answer is whole.
+	// A short answer is whole, and shows the one read.
 	out, err = c.Message(name, 0, "@stats_print "+id+" 0 1")
 	require.NoError(t, err)
-	assert.Equal(t, first, strings.TrimSpace(out))
+	f1 := strings.Fields(out)
+	require.GreaterOrEqual(t, len(f1), 2, "a counters line: %q", out)
+	assert.Equal(t, "1", f1[1], "one read completed in the first area")
 	_, err = c.Message(name, 0, "@stats_delete "+id)
 	require.NoError(t, err)
 }

@@ -236,8 +236,9 @@ func (c *Client) tableStatus(name, op string, flags uint32) ([]TargetStatus, err
 
 // Message sends a target message (DM_TARGET_MSG) to the target at sector
 // and returns the text the target answered, if any. A message is sent
-// once: an answer too long for the buffer comes back cut, with an error
-// wrapping ErrTruncated.
+// once: when its answer is too long for the buffer, the kernel returns none
+// of it and Message fails with an error wrapping ErrTruncated (the message
+// did run).
 func (c *Client) Message(name string, sector Sectors, msg string) (string, error) {
 	data := make([]byte, 8, 8+len(msg)+1)
 	binary.NativeEndian.PutUint64(data, uint64(sector))
