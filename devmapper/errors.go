@@ -18,6 +18,10 @@ var (
 	ErrBadStatus = errors.New("devmapper: bad status line")
 	// ErrBadName reports a device name or uuid the kernel would refuse.
 	ErrBadName = errors.New("devmapper: bad device name")
+	// ErrTruncated reports a reply that did not fit the buffer, from an
+	// ioctl that is not sent again because it may have acted (a target
+	// message). The kernel returns nothing of such a reply.
+	ErrTruncated = errors.New("devmapper: reply truncated")
 	// ErrUnsupported reports a kernel interface older than this package needs.
 	ErrUnsupported = errors.New("devmapper: unsupported kernel interface")
 )

@@ -91,12 +91,19 @@ func do(fd int, r *request) (*reply, error) {
 			return nil, &Error{Op: r.op, Name: r.name, Errno: e}
 		}
 		out := &reply{hdr: *hdr}
-		if hdr.Flags&unix.DM_BUFFER_FULL_FLAG != 0 {
+		full := hdr.Flags&unix.DM_BUFFER_FULL_FLAG != 0
+		if full && resendable(r.cmd) {
 			if size >= maxBufferSize {
 				return nil, &Error{Op: r.op, Name: r.name, Errno: unix.ENOBUFS}
 			}
 			size *= 4
 			continue
+		}
+		if full {
+			// Not sent again. The kernel leaves data_size at the header
+			// when the reply overflowed and copies back nothing else, so
+			// the answer is lost (seen on 6.1 with a long @stats_print).
+			return out, fmt.Errorf("%w: %s %q: reply longer than %d bytes was lost (it ran once and is not sent again)", ErrTruncated, r.op, r.name, len(buf))
 		}
 		// data_size is what the kernel used; with no payload it is the
 		// header alone (offsetof(struct dm_ioctl, data), below data_start).
@@ -110,6 +117,19 @@ func do(fd int, r *request) (*reply, error) {
 		out.data = buf[start:end]
 		return out, nil
 	}
+}
+
+// resendable reports whether an ioctl only reads, so that it can be sent
+// again with a bigger buffer when its reply did not fit. Anything else
+// (a target message above all: the pool would run it twice) is not.
+func resendable(cmd uintptr) bool {
+	switch cmd {
+	case unix.DM_VERSION, unix.DM_LIST_DEVICES, unix.DM_DEV_STATUS,
+		unix.DM_TABLE_STATUS, unix.DM_TABLE_DEPS, unix.DM_LIST_VERSIONS,
+		unix.DM_GET_TARGET_VERSION:
+		return true
+	}
+	return false
 }
 
 func align8(n int) int { return (n + 7) &^ 7 }

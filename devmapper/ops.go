@@ -235,20 +235,23 @@ func (c *Client) tableStatus(name, op string, flags uint32) ([]TargetStatus, err
 }
 
 // Message sends a target message (DM_TARGET_MSG) to the target at sector
-// and returns the text the target answered, if any.
+// and returns the text the target answered, if any. A message is sent
+// once: when its answer is too long for the buffer, the kernel returns none
+// of it and Message fails with an error wrapping ErrTruncated (the message
+// did run).
 func (c *Client) Message(name string, sector Sectors, msg string) (string, error) {
 	data := make([]byte, 8, 8+len(msg)+1)
 	binary.NativeEndian.PutUint64(data, uint64(sector))
 	data = append(data, msg...)
 	data = append(data, 0)
 	out, err := c.do(&request{cmd: unix.DM_TARGET_MSG, op: "DM_TARGET_MSG(" + firstWord(msg) + ")", name: name, data: data})
-	if err != nil {
+	if out == nil {
 		return "", err
 	}
-	if out.hdr.Flags&unix.DM_DATA_OUT_FLAG != 0 {
-		return cString(out.data), nil
+	if out.hdr.Flags&unix.DM_DATA_OUT_FLAG != 0 || errors.Is(err, ErrTruncated) {
+		return cString(out.data), err
 	}
-	return "", nil
+	return "", err
 }
 
 func firstWord(s string) string {

@@ -84,18 +84,18 @@ func ParseThinPoolStatus(s string) (ThinPoolStatus, error) {
 	var st ThinPoolStatus
 	var err error
 	if st.TransactionID, err = strconv.ParseUint(f[0], 10, 64); err != nil {
-		return st, fmt.Errorf("%w: thin-pool transaction id %q: %v", ErrBadStatus, f[0], err)
+		return st, fmt.Errorf("%w: thin-pool transaction id %q: %w", ErrBadStatus, f[0], err)
 	}
 	if st.UsedMetadataBlocks, st.TotalMetadata, err = parseRatio(f[1]); err != nil {
-		return st, fmt.Errorf("%w: thin-pool metadata blocks: %v", ErrBadStatus, err)
+		return st, fmt.Errorf("%w: thin-pool metadata blocks: %w", ErrBadStatus, err)
 	}
 	if st.UsedDataBlocks, st.TotalDataBlocks, err = parseRatio(f[2]); err != nil {
-		return st, fmt.Errorf("%w: thin-pool data blocks: %v", ErrBadStatus, err)
+		return st, fmt.Errorf("%w: thin-pool data blocks: %w", ErrBadStatus, err)
 	}
 	if f[3] != "-" {
 		v, err := strconv.ParseUint(f[3], 10, 64)
 		if err != nil {
-			return st, fmt.Errorf("%w: thin-pool held metadata root %q: %v", ErrBadStatus, f[3], err)
+			return st, fmt.Errorf("%w: thin-pool held metadata root %q: %w", ErrBadStatus, f[3], err)
 		}
 		st.HeldMetadataRoot = &v
 	}
@@ -127,7 +127,7 @@ func ParseThinPoolStatus(s string) (ThinPoolStatus, error) {
 		case i+5 == 8:
 			v, err := strconv.ParseUint(a, 10, 64)
 			if err != nil {
-				return st, fmt.Errorf("%w: thin-pool metadata low watermark %q: %v", ErrBadStatus, a, err)
+				return st, fmt.Errorf("%w: thin-pool metadata low watermark %q: %w", ErrBadStatus, a, err)
 			}
 			st.MetadataLowWatermark = v
 		default:
@@ -144,11 +144,11 @@ func parseRatio(s string) (uint64, uint64, error) {
 	}
 	u, err := strconv.ParseUint(a, 10, 64)
 	if err != nil {
-		return 0, 0, fmt.Errorf("used %q: %v", a, err)
+		return 0, 0, fmt.Errorf("used %q: %w", a, err)
 	}
 	t, err := strconv.ParseUint(b, 10, 64)
 	if err != nil {
-		return 0, 0, fmt.Errorf("total %q: %v", b, err)
+		return 0, 0, fmt.Errorf("total %q: %w", b, err)
 	}
 	if u > t {
 		return 0, 0, fmt.Errorf("used %d exceeds total %d", u, t)
@@ -177,13 +177,13 @@ func ParseThinStatus(s string) (ThinStatus, error) {
 	}
 	m, err := strconv.ParseUint(f[0], 10, 64)
 	if err != nil {
-		return ThinStatus{}, fmt.Errorf("%w: thin mapped sectors %q: %v", ErrBadStatus, f[0], err)
+		return ThinStatus{}, fmt.Errorf("%w: thin mapped sectors %q: %w", ErrBadStatus, f[0], err)
 	}
 	st := ThinStatus{MappedSectors: Sectors(m)}
 	if f[1] != "-" {
 		h, err := strconv.ParseUint(f[1], 10, 64)
 		if err != nil {
-			return ThinStatus{}, fmt.Errorf("%w: thin highest mapped sector %q: %v", ErrBadStatus, f[1], err)
+			return ThinStatus{}, fmt.Errorf("%w: thin highest mapped sector %q: %w", ErrBadStatus, f[1], err)
 		}
 		hs := Sectors(h)
 		st.HighestMapped = &hs

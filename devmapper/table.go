@@ -57,11 +57,11 @@ func ParseTable(text string) (Table, error) {
 		}
 		start, err := strconv.ParseUint(f[0], 10, 64)
 		if err != nil {
-			return nil, fmt.Errorf("%w: line %d: start: %v", ErrBadTable, i+1, err)
+			return nil, fmt.Errorf("%w: line %d: start: %w", ErrBadTable, i+1, err)
 		}
 		length, err := strconv.ParseUint(f[1], 10, 64)
 		if err != nil {
-			return nil, fmt.Errorf("%w: line %d: length: %v", ErrBadTable, i+1, err)
+			return nil, fmt.Errorf("%w: line %d: length: %w", ErrBadTable, i+1, err)
 		}
 		params := ""
 		if len(f) == 4 {
@@ -122,7 +122,7 @@ func ParseLinearParams(s string) (LinearParams, error) {
 	}
 	off, err := strconv.ParseUint(f[1], 10, 64)
 	if err != nil {
-		return LinearParams{}, fmt.Errorf("%w: linear offset %q: %v", ErrBadTable, f[1], err)
+		return LinearParams{}, fmt.Errorf("%w: linear offset %q: %w", ErrBadTable, f[1], err)
 	}
 	return LinearParams{Device: d, Offset: Sectors(off)}, nil
 }
@@ -155,7 +155,7 @@ func ParseThinParams(s string) (ThinParams, error) {
 	}
 	v, err := strconv.ParseUint(f[1], 10, 32)
 	if err != nil {
-		return ThinParams{}, fmt.Errorf("%w: thin id %q: %v", ErrBadTable, f[1], err)
+		return ThinParams{}, fmt.Errorf("%w: thin id %q: %w", ErrBadTable, f[1], err)
 	}
 	id, err := NewThinID(v)
 	if err != nil {
@@ -254,11 +254,11 @@ func ParseThinPoolParams(s string) (ThinPoolParams, error) {
 	}
 	bs, err := strconv.ParseUint(f[2], 10, 64)
 	if err != nil {
-		return p, fmt.Errorf("%w: thin-pool block size %q: %v", ErrBadTable, f[2], err)
+		return p, fmt.Errorf("%w: thin-pool block size %q: %w", ErrBadTable, f[2], err)
 	}
 	p.BlockSize = Sectors(bs)
 	if p.LowWaterMark, err = strconv.ParseUint(f[3], 10, 64); err != nil {
-		return p, fmt.Errorf("%w: thin-pool low water mark %q: %v", ErrBadTable, f[3], err)
+		return p, fmt.Errorf("%w: thin-pool low water mark %q: %w", ErrBadTable, f[3], err)
 	}
 	n, err := strconv.Atoi(f[4])
 	if err != nil || n < 0 || n != len(f)-5 {

@@ -49,11 +49,11 @@ func ParseDev(s string) (Dev, error) {
 	}
 	a, err := strconv.ParseUint(maj, 10, 32)
 	if err != nil {
-		return Dev{}, fmt.Errorf("%w: device %q: major: %v", ErrBadTable, s, err)
+		return Dev{}, fmt.Errorf("%w: device %q: major: %w", ErrBadTable, s, err)
 	}
 	b, err := strconv.ParseUint(min, 10, 32)
 	if err != nil {
-		return Dev{}, fmt.Errorf("%w: device %q: minor: %v", ErrBadTable, s, err)
+		return Dev{}, fmt.Errorf("%w: device %q: minor: %w", ErrBadTable, s, err)
 	}
 	return Dev{Major: uint32(a), Minor: uint32(b)}, nil
 }

@@ -76,6 +76,7 @@ func TestConcurrentOperations(t *testing.T) {
 	st, err := tp.Status(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, len(recs), st.Devices)
+	assertPoolMatchesRecords(t, tp.Pool)
 	want := recordIDs(t, tp.Pool)
 	opts := tp.opts
 	require.NoError(t, tp.Shutdown(ctx))

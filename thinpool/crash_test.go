@@ -39,8 +39,12 @@ var crashCases = []crashCase{
 		map[string]bool{"create:intent": false, "create:message": false, "create:txid": true, "create:done": true}},
 	{"snapshot", []string{"snapshot:suspended", "create:intent", "create:message", "create:txid", "create:done"},
 		map[string]bool{"snapshot:suspended": false, "create:intent": false, "create:message": false, "create:txid": true, "create:done": true}},
-	{"delete", []string{"delete:intent", "delete:message", "delete:txid", "delete:done"},
-		map[string]bool{"delete:intent": false, "delete:message": false, "delete:txid": false, "delete:done": false}},
+	{"delete", []string{"delete:marked", "delete:intent", "delete:message", "delete:txid", "delete:done"},
+		map[string]bool{"delete:marked": false, "delete:intent": false, "delete:message": false, "delete:txid": false, "delete:done": false}},
+	// Delete with discard: the deleting intent must be durable before a
+	// single block is discarded.
+	{"delete-discard", []string{"delete:marked", "delete:discarded", "delete:intent", "delete:message", "delete:txid", "delete:done"},
+		map[string]bool{"delete:marked": false, "delete:discarded": false, "delete:intent": false, "delete:message": false, "delete:txid": false, "delete:done": false}},
 	{"activate", []string{"activate:created", "activate:loaded", "activate:resumed"},
 		map[string]bool{"activate:created": true, "activate:loaded": true, "activate:resumed": true}},
 }
@@ -86,8 +90,18 @@ func crashChild() {
 		_, err = p.Snapshot(ctx, "target", "origin", 0, WithLabels(crashLabels))
 	case "delete":
 		err = p.Delete(ctx, "target", DeleteOptions{})
+	case "delete-discard":
+		err = p.Delete(ctx, "target", DeleteOptions{Discard: true})
 	case "activate":
 		_, err = p.Activate(ctx, "target")
+	case "faildelete":
+		// The parent holds victim's thin id open: the delete message
+		// fails; the next operation is killed on its way.
+		if err = p.Delete(ctx, "victim", DeleteOptions{}); err == nil {
+			fmt.Fprintln(os.Stderr, "crash child: delete of a held thin id succeeded")
+			return
+		}
+		_, err = p.Create(ctx, "target", 16*MiB, WithLabels(crashLabels))
 	}
 	fmt.Fprintf(os.Stderr, "crash child: step %q never reached (op error: %v)\n", step, err)
 }
@@ -112,11 +126,12 @@ func runCrash(t *testing.T, cc crashCase, step string) {
 	require.NoError(t, err)
 	data := pattern(11, MiB)
 	writeFile(t, opath, 0, data)
-	if cc.op == "delete" || cc.op == "activate" {
+	deletes := strings.HasPrefix(cc.op, "delete")
+	if deletes || cc.op == "activate" {
 		_, err = tp.Snapshot(ctx, "target", "origin", 0)
 		require.NoError(t, err)
 	}
-	if cc.op == "delete" {
+	if deletes {
 		_, err = tp.Activate(ctx, "target")
 		require.NoError(t, err)
 	}
@@ -185,6 +200,7 @@ func runCrash(t *testing.T, cc crashCase, step string) {
 	}
 	assert.Equal(t, "origin", d.Name)
 
+	assertPoolMatchesRecords(t, p)
 	// Records and the pool's own metadata agree (thin_dump offline).
 	want := recordIDs(t, p)
 	require.NoError(t, p.Shutdown(ctx))
@@ -193,4 +209,43 @@ func runCrash(t *testing.T, cc crashCase, step string) {
 	p, err = Open(ctx, tp.opts)
 	require.NoError(t, err)
 	tp.Pool = p
+}
+
+// TestCrashAfterFailedDelete: an operation fails (the pool refuses a
+// delete because the thin id is held open), then the process is killed
+// during the next operation. After reopening, the deleting record is
+// finished and thin_dump of the pool agrees with the records.
+func TestCrashAfterFailedDelete(t *testing.T) {
+	testenv.RequireDM(t)
+	for _, step := range []string{"create:intent", "create:message", "create:txid", "create:done"} {
+		t.Run(step, func(t *testing.T) {
+			tp := openPool(t, nil)
+			ctx := context.Background()
+			_, err := tp.Create(ctx, "victim", 8*MiB)
+			require.NoError(t, err)
+			release := holdThin(t, tp.Pool, "victim")
+			opts := tp.opts
+			opts.Logger = nil
+			require.NoError(t, tp.Close())
+			raw, err := json.Marshal(opts)
+			require.NoError(t, err)
+			cmd := exec.Command(os.Args[0])
+			cmd.Env = append(os.Environ(), envCrashOpts+"="+string(raw), envCrashOp+"=faildelete", envCrashStep+"="+step)
+			out, err := cmd.CombinedOutput()
+			var ee *exec.ExitError
+			require.ErrorAs(t, err, &ee, "child must be killed, output:\n%s", out)
+			ws := ee.Sys().(syscall.WaitStatus)
+			require.True(t, ws.Signaled() && ws.Signal() == syscall.SIGKILL, "child should die of SIGKILL at %s, got %v:\n%s", step, err, out)
+			release()
+
+			p, err := Open(ctx, tp.opts)
+			require.NoError(t, err)
+			tp.Pool = p
+			_, err = p.Get("victim")
+			assert.ErrorIs(t, err, ErrNotFound, "the failed delete was finished")
+			_, err = p.Get("target")
+			assert.Equal(t, step == "create:txid" || step == "create:done", err == nil, "target after crash at %s: %v", step, err)
+			assertPoolMatchesRecords(t, p)
+		})
+	}
 }

@@ -28,6 +28,8 @@ type Device struct {
 	// DeferredDelete: deletion waits for the device to be closed.
 	DeferredDelete bool      `json:"deferred_delete"`
 	Created        time.Time `json:"created"`
+	// Fault says why a faulty device could not be settled.
+	Fault string `json:"fault,omitempty"`
 	// Labels are the caller's key/value pairs (WithLabels, SetLabels).
 	Labels map[string]string `json:"labels,omitempty"`
 }
@@ -118,65 +120,43 @@ func (p *Pool) create(ctx context.Context, name, parent string, size int64, opts
 		return Device{}, err
 	}
 
-	// An active origin must not change while the pool copies its mapping.
+	// Every lock the snapshot needs is taken before the origin is
+	// suspended, and it is resumed right after the message: the origin's
+	// I/O waits for one ioctl, not for other operations' messages.
+	p.msgMu.Lock()
+	defer p.msgMu.Unlock()
+	rec := &record{Name: name, Size: size, Parent: parent, State: StateCreating, Created: time.Now().UTC(), Labels: cfg.labels}
+	c := change{
+		op:  "create",
+		rec: rec,
+		check: func(tx txn) error {
+			if _, err := getRecord(tx, name); err == nil {
+				return fmt.Errorf("%w: %q", ErrExists, name)
+			}
+			id, err := allocID(tx)
+			rec.ID = id
+			return err
+		},
+		send: func() error { return p.message(fmt.Sprintf("create_thin %d", rec.ID)) },
+		undo: func() error { return p.deleteThinLocked(rec.ID) },
+		done: StateReady,
+	}
 	if origin != nil {
 		resume, err := p.suspendIfActive(parent)
 		if err != nil {
 			return Device{}, err
 		}
-		defer func() {
-			if rerr := resume(); rerr != nil {
-				p.log.WithError(rerr).WithField("device", parent).Error("resume origin after snapshot")
-			}
-		}()
+		c.send = func() error { return p.message(fmt.Sprintf("create_snap %d %d", rec.ID, origin.ID)) }
+		c.sent = resume
 	}
-
-	p.msgMu.Lock()
-	defer p.msgMu.Unlock()
-	rec := &record{Name: name, Size: size, Parent: parent, State: StateCreating, TxID: p.txid + 1, Created: time.Now().UTC(), Labels: cfg.labels}
-	err = p.st.update(func(tx txn) error {
-		if _, err := getRecord(tx, name); err == nil {
-			return fmt.Errorf("%w: %q", ErrExists, name)
+	if err := p.runLocked(c); err != nil {
+		if origin != nil && rec.State == StateReady {
+			// Made, but the origin could not be resumed: say so loudly,
+			// with the device that exists.
+			return p.describe(rec, nil), fmt.Errorf("thinpool: snapshot %q made, but: %w", name, err)
 		}
-		id, err := allocID(tx)
-		if err != nil {
-			return err
-		}
-		rec.ID = id
-		return putRecord(tx, rec)
-	})
-	if err != nil {
-		return Device{}, err
+		return Device{}, fmt.Errorf("thinpool: create %q: %w", name, err)
 	}
-	p.step("create:intent")
-
-	msg := fmt.Sprintf("create_thin %d", rec.ID)
-	if origin != nil {
-		msg = fmt.Sprintf("create_snap %d %d", rec.ID, origin.ID)
-	}
-	if err := p.message(msg); err != nil {
-		// The pool refused: nothing was made. Forget the intent.
-		return Device{}, errors.Join(p.mapPoolErr(err), p.st.update(func(tx txn) error { return deleteRecord(tx, rec) }))
-	}
-	p.step("create:message")
-	if err := p.setTxIDLocked(rec.TxID); err != nil {
-		// Made but not acknowledged: undo, or leave it for recovery.
-		if derr := p.deleteThinLocked(rec.ID); derr != nil {
-			return Device{}, fmt.Errorf("thinpool: create %q: %w (undo failed, recovery settles it at next open: %v)", name, err, derr)
-		}
-		return Device{}, errors.Join(err, p.st.update(func(tx txn) error { return deleteRecord(tx, rec) }))
-	}
-	p.step("create:txid")
-	rec.State = StateReady
-	if err := p.st.update(func(tx txn) error {
-		if err := putRecord(tx, rec); err != nil {
-			return err
-		}
-		return putU64(tx.Bucket(bucketMeta), keyTxID, rec.TxID)
-	}); err != nil {
-		return Device{}, fmt.Errorf("thinpool: create %q: record outcome (recovery settles it at next open): %w", name, err)
-	}
-	p.step("create:done")
 	p.log.WithFields(map[string]any{"device": name, "id": rec.ID, "parent": parent}).Debug("thin device created")
 	return p.describe(rec, nil), nil
 }
@@ -204,14 +184,74 @@ func (p *Pool) suspendIfActive(name string) (func() error, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := p.dm.Suspend(dm, devmapper.SuspendOptions{}); err != nil {
+	// Suspending freezes the block device (lockfs) so that a mounted
+	// filesystem is clean in the snapshot. But a frozen block device
+	// cannot be mounted: the kernel answers EBUSY ("Can't mount, blockdev
+	// is frozen"), which is what a concurrent Activate and mount of the
+	// origin met. A device nobody has open has no filesystem to freeze;
+	// suspend it without lockfs, and a mount that starts now waits for
+	// its I/O instead of failing.
+	opts := devmapper.SuspendOptions{SkipLockfs: info.OpenCount == 0}
+	if err := p.dm.Suspend(dm, opts); err != nil {
 		return nil, fmt.Errorf("thinpool: suspend %q: %w", name, err)
 	}
 	p.step("snapshot:suspended")
-	return func() error {
-		_, err := p.dm.Resume(dm)
+	return func() error { return p.resume(dm) }, nil
+}
+
+// resume resumes a suspended dm device, retrying a few times: a device
+// must not stay suspended while anything can still be tried.
+func (p *Pool) resume(dm string) error {
+	var errs []error
+	for i := 0; i < 3; i++ {
+		err := p.resumeOnce(dm)
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, err)
+		time.Sleep(time.Duration(i+1) * 10 * time.Millisecond)
+	}
+	p.log.WithError(errors.Join(errs...)).WithField("dm", dm).Error("device stays suspended: resume failed")
+	return fmt.Errorf("thinpool: %s stays suspended: resume: %w", dm, errors.Join(errs...))
+}
+
+// reload swaps table t in for the live table of dm: load, suspend, resume.
+// A resume that fails has already made t live (the kernel swaps tables
+// before it resumes), so the old table is loaded and resumed again: the
+// device is never left suspended, and the error says what happened.
+func (p *Pool) reload(dm string, t devmapper.Table) error {
+	old, err := p.dm.Table(dm)
+	if err != nil {
 		return err
-	}, nil
+	}
+	if err := p.dm.Load(dm, t, false); err != nil {
+		return err
+	}
+	if err := p.dm.Suspend(dm, devmapper.SuspendOptions{}); err != nil {
+		return errors.Join(err, p.dm.ClearInactive(dm))
+	}
+	rerr := p.resumeOnce(dm)
+	if rerr == nil {
+		return nil
+	}
+	p.log.WithError(rerr).WithField("dm", dm).Warn("resume with the new table failed; restoring the old one")
+	if err := p.dm.Load(dm, old, false); err != nil {
+		return errors.Join(fmt.Errorf("thinpool: reload %s: resume: %w", dm, rerr), fmt.Errorf("restore old table: %w", err), p.resume(dm))
+	}
+	if err := p.resume(dm); err != nil {
+		return errors.Join(fmt.Errorf("thinpool: reload %s: resume: %w", dm, rerr), fmt.Errorf("restore old table: %w", err))
+	}
+	return fmt.Errorf("thinpool: reload %s: resume failed, old table restored: %w", dm, rerr)
+}
+
+func (p *Pool) resumeOnce(dm string) error {
+	if p.resumeFault != nil {
+		if err := p.resumeFault(dm); err != nil {
+			return err
+		}
+	}
+	_, err := p.dm.Resume(dm)
+	return err
 }
 
 // lockDevice enters the pool, locks name and reads its record; release
@@ -357,51 +397,71 @@ func (p *Pool) Delete(ctx context.Context, name string, opts DeleteOptions) erro
 	return p.deleteLocked(ctx, rec, opts)
 }
 
+// deleteLocked deletes a device of any state. The "deleting" intent is
+// committed before anything is destroyed (discard, dm device, thin id), so
+// a crash at any point leaves a record that recovery finishes.
 func (p *Pool) deleteLocked(ctx context.Context, rec *record, opts DeleteOptions) error {
 	dm := p.dmName(rec.Name)
-	if opts.Discard && rec.State == StateReady {
-		if err := p.discard(ctx, rec); err != nil {
-			if errors.Is(err, ErrBusy) && opts.Deferred {
-				return p.deferDelete(ctx, rec)
-			}
-			return err
-		}
-	}
-	if err := p.removeDM(ctx, dm, false); err != nil {
-		if errors.Is(err, ErrBusy) && opts.Deferred {
+	busy := func(err error) error {
+		if opts.Deferred && rec.State != StateDeleting {
 			return p.deferDelete(ctx, rec)
 		}
 		return fmt.Errorf("thinpool: delete %q: %w", rec.Name, err)
 	}
-	p.msgMu.Lock()
-	defer p.msgMu.Unlock()
-	rec.State = StateDeleting
-	rec.TxID = p.txid + 1
-	if err := p.st.update(func(tx txn) error { return putRecord(tx, rec) }); err != nil {
+	if info, err := p.dm.Info(dm); err == nil && info.OpenCount > 0 {
+		return busy(fmt.Errorf("%w: %q is open", ErrBusy, rec.Name))
+	} else if err != nil && !devmapper.IsNotFound(err) {
 		return err
 	}
-	p.step("delete:intent")
-	if err := p.deleteThinLocked(rec.ID); err != nil {
-		return fmt.Errorf("thinpool: delete %q (recovery retries it at next open): %w", rec.Name, p.mapPoolErr(err))
-	}
-	p.step("delete:message")
-	if err := p.setTxIDLocked(rec.TxID); err != nil {
-		return fmt.Errorf("thinpool: delete %q (recovery settles it at next open): %w", rec.Name, err)
-	}
-	p.step("delete:txid")
-	err := p.st.update(func(tx txn) error {
-		if err := deleteRecord(tx, rec); err != nil {
+	prev := *rec
+	if rec.State != StateDeleting {
+		if err := p.commitState(rec, StateDeleting, 0); err != nil {
 			return err
 		}
-		return putU64(tx.Bucket(bucketMeta), keyTxID, rec.TxID)
+		p.step("delete:marked")
+	}
+	// revert puts back the record of a delete that did nothing yet.
+	revert := func(err error) error {
+		if prev.State == StateDeleting {
+			return fmt.Errorf("thinpool: delete %q: %w", rec.Name, err)
+		}
+		*rec = prev
+		if rerr := p.commitState(rec, prev.State, 0); rerr != nil {
+			return errors.Join(fmt.Errorf("thinpool: delete %q: %w", rec.Name, err), rerr)
+		}
+		return busy(err)
+	}
+	if opts.Discard && prev.State == StateReady {
+		if err := p.discard(ctx, rec); err != nil {
+			if errors.Is(err, ErrBusy) {
+				return revert(err)
+			}
+			return fmt.Errorf("thinpool: delete %q (recovery finishes it at next open): %w", rec.Name, err)
+		}
+		p.step("delete:discarded")
+	}
+	if err := p.removeDM(ctx, dm, false); err != nil {
+		if errors.Is(err, ErrBusy) {
+			return revert(err)
+		}
+		return fmt.Errorf("thinpool: delete %q (recovery finishes it at next open): %w", rec.Name, err)
+	}
+	p.msgMu.Lock()
+	defer p.msgMu.Unlock()
+	err := p.runLocked(change{
+		op:     "delete",
+		rec:    rec,
+		send:   func() error { return p.deleteThinLocked(rec.ID) },
+		failed: StateDeleting,
 	})
-	p.step("delete:done")
-	return err
+	if err != nil {
+		return fmt.Errorf("thinpool: delete %q (retried by ProcessDeferred and at next open): %w", rec.Name, err)
+	}
+	return nil
 }
 
 func (p *Pool) deferDelete(ctx context.Context, rec *record) error {
-	rec.State = StateDeferredDelete
-	if err := p.st.update(func(tx txn) error { return putRecord(tx, rec) }); err != nil {
+	if err := p.commitState(rec, StateDeferredDelete, 0); err != nil {
 		return err
 	}
 	return p.removeDM(ctx, p.dmName(rec.Name), true)
@@ -462,6 +522,7 @@ func (p *Pool) Resize(ctx context.Context, name string, size int64) error {
 	if size == rec.Size {
 		return nil
 	}
+	oldSize := rec.Size
 	rec.Size = size
 	if err := p.st.update(func(tx txn) error { return putRecord(tx, rec) }); err != nil {
 		return err
@@ -474,8 +535,9 @@ func (p *Pool) Resize(ctx context.Context, name string, size int64) error {
 	if err != nil {
 		return err
 	}
-	if err := p.dm.Reload(dm, p.thinTable(rec), devmapper.SuspendOptions{}); err != nil {
-		return fmt.Errorf("thinpool: resize %q: %w", name, err)
+	if err := p.reload(dm, p.thinTable(rec)); err != nil {
+		rec.Size = oldSize
+		return errors.Join(fmt.Errorf("thinpool: resize %q: %w", name, err), p.st.update(func(tx txn) error { return putRecord(tx, rec) }))
 	}
 	return nil
 }
@@ -540,7 +602,7 @@ func (p *Pool) List() ([]Device, error) {
 // recordDevice is the part of a Device the store knows.
 func recordDevice(r *record) Device {
 	return Device{Name: r.Name, ID: r.ID, Size: r.Size, Parent: r.Parent, State: r.State,
-		DeferredDelete: r.State == StateDeferredDelete, Created: r.Created, Labels: maps.Clone(r.Labels)}
+		DeferredDelete: r.State == StateDeferredDelete, Created: r.Created, Labels: maps.Clone(r.Labels), Fault: r.Fault}
 }
 
 // describe fills in the live state. With a non-nil active map, devices not
@@ -551,15 +613,25 @@ func (p *Pool) describe(r *record, active map[string]bool) Device {
 	if active != nil && !active[dm] {
 		return d
 	}
+	log := p.log.WithField("device", r.Name)
 	info, err := p.dm.Info(dm)
+	if err != nil && !devmapper.IsNotFound(err) {
+		log.WithError(err).Warn("describe: device info")
+	}
 	if err != nil || !info.LiveTable {
 		return d
 	}
 	d.Active, d.Path, d.OpenCount = true, p.dm.NodePath(dm), int(info.OpenCount)
-	if lines, err := p.dm.Status(dm, devmapper.StatusOptions{NoFlush: true}); err == nil && len(lines) == 1 {
-		if st, err := devmapper.ParseThinStatus(lines[0].Params); err == nil {
-			d.MappedBytes = int64(st.MappedSectors.Bytes())
-		}
+	lines, err := p.dm.Status(dm, devmapper.StatusOptions{NoFlush: true})
+	if err != nil || len(lines) != 1 {
+		log.WithError(err).WithField("targets", len(lines)).Warn("describe: thin status")
+		return d
 	}
+	st, err := devmapper.ParseThinStatus(lines[0].Params)
+	if err != nil {
+		log.WithError(err).Warn("describe: thin status")
+		return d
+	}
+	d.MappedBytes = int64(st.MappedSectors.Bytes())
 	return d
 }

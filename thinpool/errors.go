@@ -21,8 +21,9 @@ var (
 	// ErrPoolFull: creating a device would go below the minimum free space,
 	// or the pool is out of data space. errors.As gives a *SpaceError.
 	ErrPoolFull = errors.New("thinpool: pool is full")
-	// ErrFaulty: the device's record could not be settled after a crash
-	// (its thin device is gone); it can only be deleted.
+	// ErrFaulty: Open could not settle the device's record (its thin
+	// device is gone, or a half-done change could not be finished; see
+	// Device.Fault); it can only be deleted.
 	ErrFaulty = errors.New("thinpool: device is faulty")
 	// ErrInvalidOptions: Options.Validate found problems.
 	ErrInvalidOptions = errors.New("thinpool: invalid options")

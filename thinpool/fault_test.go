@@ -68,9 +68,44 @@ func TestMetadataIOErrors(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, devmapper.PoolReadWrite, st.Mode)
 
-	// Every metadata I/O fails from now on.
-	require.NoError(t, c.Reload(metaName, devmapper.Table{{Length: metaTab.Length(), Params: devmapper.RawParams{Type: "error"}}}, devmapper.SuspendOptions{}))
+	// Every metadata I/O fails from now on. The first create gets past the
+	// space check and commits its intent; only then does the metadata
+	// device fail, so the kernel refuses the create message itself and the
+	// intent is rolled back.
+	errTab := devmapper.Table{{Length: metaTab.Length(), Params: devmapper.RawParams{Type: "error"}}}
+	before, err := p.Status(ctx)
+	require.NoError(t, err)
+	p.hook = func(step string) {
+		if step != "create:intent" {
+			return
+		}
+		p.hook = nil
+		require.NoError(t, c.Reload(metaName, errTab, devmapper.SuspendOptions{}))
+		// New blocks and a commit meet the errors; the pool leaves rw.
+		if f, err := os.OpenFile(path, os.O_WRONLY|os.O_SYNC, 0); err == nil {
+			_, _ = f.WriteAt(pattern(3, MiB), 16*MiB)
+			f.Close()
+		}
+		_ = p.commitMetadata()
+		require.Eventually(t, func() bool {
+			st, err := p.poolStatus()
+			return err == nil && st.Mode != devmapper.PoolReadWrite
+		}, 10*time.Second, 100*time.Millisecond, "pool leaves rw mode")
+	}
+	_, err = p.Create(ctx, "bad0", 32*MiB)
+	require.Error(t, err)
+	t.Logf("create whose message meets metadata errors: %v", err)
+	var dmErr *devmapper.Error
+	require.ErrorAs(t, err, &dmErr, "the error comes from the kernel")
+	assert.Contains(t, dmErr.Op, "DM_TARGET_MSG", "the message itself failed")
+	_, err = p.Get("bad0")
+	assert.ErrorIs(t, err, ErrNotFound, "the intent was rolled back")
+	p.msgMu.Lock()
+	issued := p.issued
+	p.msgMu.Unlock()
+	assert.Greater(t, issued, before.TransactionID, "the failed create's transaction id is used up")
 	// A synchronous write needs new blocks and a metadata commit.
+	require.NoError(t, c.Reload(metaName, errTab, devmapper.SuspendOptions{}))
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_SYNC, 0)
 	require.NoError(t, err)
 	_, werr := f.WriteAt(pattern(2, MiB), 8*MiB)
@@ -148,6 +183,8 @@ func TestExternalPool(t *testing.T) {
 	// The owner comes back and cleans up its device.
 	p, err = Open(ctx, opts)
 	require.NoError(t, err)
+	assertPoolMatchesRecords(t, p)
 	require.NoError(t, p.Delete(ctx, "mine", DeleteOptions{}))
+	assertPoolMatchesRecords(t, p)
 	require.NoError(t, p.Shutdown(ctx))
 }

@@ -231,6 +231,7 @@ func TestPoolLifecycle(t *testing.T) {
 	assert.Greater(t, st.DataUsed, int64(0))
 	assert.Equal(t, int64(64<<10), st.BlockSize)
 	assert.NotEmpty(t, st.DataFile)
+	assertPoolMatchesRecords(t, tp.Pool)
 }
 
 func notFound(_ Device, err error) bool { return errors.Is(err, ErrNotFound) }
@@ -292,6 +293,7 @@ func TestDeleteWithDiscardGivesSpaceBack(t *testing.T) {
 	after := allocated()
 	t.Logf("data file allocated: %d MiB before, %d MiB after delete with discard", before/MiB, after/MiB)
 	assert.Less(t, after, before-56*MiB, "discard punched the blocks out of the loop file")
+	assertPoolMatchesRecords(t, tp.Pool)
 }
 
 func TestOutOfDataSpaceThenGrow(t *testing.T) {
@@ -397,6 +399,7 @@ func TestIDsMatchPoolMetadata(t *testing.T) {
 	_, err := tp.Snapshot(ctx, "snap", "d1", 0)
 	require.NoError(t, err)
 	require.NoError(t, tp.Delete(ctx, "d3", DeleteOptions{}))
+	assertPoolMatchesRecords(t, tp.Pool)
 	want := recordIDs(t, tp.Pool)
 	opts := tp.opts
 	require.NoError(t, tp.Shutdown(ctx))

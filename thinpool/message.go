@@ -28,6 +28,11 @@ func (p *Pool) poolStatus() (devmapper.ThinPoolStatus, error) {
 }
 
 func (p *Pool) message(msg string) error {
+	if p.messageFault != nil {
+		if err := p.messageFault(msg); err != nil {
+			return fmt.Errorf("thinpool: message %q: %w", msg, err)
+		}
+	}
 	_, err := p.dm.Message(p.name, 0, msg)
 	if err != nil {
 		return fmt.Errorf("thinpool: message %q: %w", msg, err)

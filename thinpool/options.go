@@ -28,8 +28,14 @@ type Options struct {
 
 	// DataDevice and MetadataDevice: build the pool over these block
 	// devices (both or neither). The metadata device's first 4 KiB are
-	// zeroed when the pool is first created.
+	// zeroed when the pool is first created. Both are opened exclusively
+	// first (a mounted or otherwise held device is refused), and a new pool
+	// refuses devices that hold a filesystem, partition table, LVM, LUKS or
+	// thin-pool signature unless ForceDevices is set.
 	DataDevice, MetadataDevice string
+	// ForceDevices: build a new pool over DataDevice and MetadataDevice
+	// even if they hold a signature (their contents are lost).
+	ForceDevices bool
 	// PoolDevice: use this existing thin-pool device-mapper device. It is
 	// never reloaded, grown or removed.
 	PoolDevice string

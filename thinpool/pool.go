@@ -38,18 +38,32 @@ type Pool struct {
 	// and guards txid.
 	msgMu sync.Mutex
 	txid  uint64
+	// issued is the last transaction id handed to a change (txn.go); the
+	// next one is past both. Guarded by msgMu.
+	issued uint64
 
 	locks keyedmutex.Map
 
 	// pending names the records recovery found waiting for deletion.
 	pending []string
+	// strays are dm devices of the pool that recovery could neither remove
+	// nor resume.
+	strays []FaultyDevice
 
 	closeMu sync.RWMutex
 	closed  bool
+	// closing is closed when Close starts, to end waits (WaitEvent) that
+	// would otherwise keep it from taking closeMu.
+	closing   chan struct{}
+	closeOnce sync.Once
 
 	// hook is called at each named step of an operation; tests use it to
 	// crash the process at that point.
 	hook func(step string)
+	// resumeFault and messageFault, when set, can fail a resume or a pool
+	// message before it is sent (tests).
+	resumeFault  func(dm string) error
+	messageFault func(msg string) error
 }
 
 func (p *Pool) step(name string) {
@@ -73,7 +87,7 @@ func Open(ctx context.Context, opts Options) (_ *Pool, err error) {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, fmt.Errorf("thinpool: root: %w", err)
 	}
-	p := &Pool{opts: opts, log: opts.Logger.WithField("pool-root", root)}
+	p := &Pool{opts: opts, log: opts.Logger.WithField("pool-root", root), closing: make(chan struct{})}
 	var cleanup []func() error
 	defer func() {
 		if err != nil {
@@ -182,6 +196,7 @@ func (p *Pool) enter() (func(), error) {
 // Close releases the store and file handles. Active devices, the pool and
 // its loop devices stay, for the next Open to find.
 func (p *Pool) Close() error {
+	p.closeOnce.Do(func() { close(p.closing) })
 	p.closeMu.Lock()
 	defer p.closeMu.Unlock()
 	if p.closed {

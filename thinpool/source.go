@@ -104,12 +104,45 @@ func (p *Pool) useDevices(isNew bool) error {
 	if err != nil {
 		return err
 	}
-	if isNew && !exists {
-		// A new pool needs a zeroed metadata superblock, or the kernel
-		// would try to open stale metadata.
-		if err := zeroHeader(p.metaPath); err != nil {
+	if exists {
+		// The pool device holds both devices already.
+		return p.ensurePool(md, dd)
+	}
+	// Claim both before a byte is written: O_EXCL fails for a mounted
+	// filesystem or another holder. The claim lasts until the pool
+	// device holds them (the kernel refuses a second exclusive holder,
+	// so it has to be let go just before).
+	var claimed []*os.File
+	release := func() error {
+		var errs []error
+		for _, f := range claimed {
+			errs = append(errs, f.Close())
+		}
+		claimed = nil
+		return errors.Join(errs...)
+	}
+	defer release()
+	for _, path := range []string{p.metaPath, p.dataPath} {
+		f, err := claimDevice(path)
+		if err != nil {
 			return err
 		}
+		claimed = append(claimed, f)
+		if isNew {
+			if err := checkBlank(f, p.opts.ForceDevices); err != nil {
+				return err
+			}
+		}
+	}
+	if isNew {
+		// A new pool needs a zeroed metadata superblock, or the kernel
+		// would try to open stale metadata.
+		if err := zeroHeader(claimed[0]); err != nil {
+			return err
+		}
+	}
+	if err := release(); err != nil {
+		return fmt.Errorf("thinpool: release claim: %w", err)
 	}
 	return p.ensurePool(md, dd)
 }
@@ -171,7 +204,7 @@ func (p *Pool) ensurePool(md, dd devmapper.Dev) error {
 		if tab.Length() < want[0].Length {
 			// The data device grew while we were away.
 			want[0].Params = withBlockSize(want[0].Params, cur.BlockSize)
-			if err := p.dm.Reload(p.name, want, devmapper.SuspendOptions{}); err != nil {
+			if err := p.reload(p.name, want); err != nil {
 				return fmt.Errorf("thinpool: grow %q: %w", p.name, err)
 			}
 		}
@@ -249,12 +282,13 @@ func devSize(dev devmapper.Dev) (int64, error) {
 	return sectors * devmapper.SectorSize, nil
 }
 
-// zeroHeader zeroes the first 4 KiB of a device and syncs it.
-func zeroHeader(path string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		return fmt.Errorf("thinpool: %w", err)
+// zeroHeader zeroes the first 4 KiB of a claimed device and syncs it.
+func zeroHeader(f *os.File) error {
+	if _, err := f.WriteAt(make([]byte, 4096), 0); err != nil {
+		return fmt.Errorf("thinpool: zero %s: %w", f.Name(), err)
 	}
-	_, werr := f.WriteAt(make([]byte, 4096), 0)
-	return errors.Join(werr, f.Sync(), f.Close())
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("thinpool: zero %s: %w", f.Name(), err)
+	}
+	return nil
 }

@@ -33,6 +33,10 @@ type Status struct {
 	Devices           int                `json:"devices"`
 	DeferredDeletes   int                `json:"deferred_deletes"`
 	Faulty            int                `json:"faulty"`
+	// FaultyDevices names every device recovery could not settle (faulty
+	// records, and dm devices of the pool it could not remove or resume),
+	// with the reason.
+	FaultyDevices []FaultyDevice `json:"faulty_devices,omitempty"`
 	// Where the pool lives: loopback files, or devices.
 	DataFile            string `json:"data_file"`
 	MetadataFile        string `json:"metadata_file"`
@@ -42,6 +46,12 @@ type Status struct {
 	MinFreeSpacePercent int    `json:"min_free_space_percent"`
 	// EventNr is the pool device's event counter, for WaitEvent.
 	EventNr uint32 `json:"event_nr"`
+}
+
+// FaultyDevice is a device Open could not settle.
+type FaultyDevice struct {
+	Name   string `json:"name"` // the device's name, or a dm device name for a stray
+	Reason string `json:"reason"`
 }
 
 // Status reads the pool's status without making it commit metadata.
@@ -75,8 +85,10 @@ func (p *Pool) status() (Status, error) {
 			s.DeferredDeletes++
 		case StateFaulty:
 			s.Faulty++
+			s.FaultyDevices = append(s.FaultyDevices, FaultyDevice{Name: r.Name, Reason: r.Fault})
 		}
 	}
+	s.FaultyDevices = append(s.FaultyDevices, p.strays...)
 	return s, nil
 }
 
@@ -202,22 +214,37 @@ func (p *Pool) Grow(ctx context.Context, dataSize, metadataSize int64) error {
 	}
 	want := p.poolTable(cur.Metadata, cur.Data, size)
 	want[0].Params = withBlockSize(want[0].Params, cur.BlockSize)
-	if err := p.dm.Reload(p.name, want, devmapper.SuspendOptions{}); err != nil {
-		return fmt.Errorf("thinpool: grow: reload %q: %w", p.name, err)
+	if err := p.reload(p.name, want); err != nil {
+		return fmt.Errorf("thinpool: grow: %w", err)
 	}
 	return nil
 }
 
 // WaitEvent blocks until the pool raises an event after the one numbered
 // after (Status.EventNr): crossing the low-water mark, running out of
-// space, a mode change. It returns the new status.
+// space, a mode change. It returns the new status. Close ends the wait
+// with ErrClosed.
 func (p *Pool) WaitEvent(ctx context.Context, after uint32) (Status, error) {
 	done, err := p.enter()
 	if err != nil {
 		return Status{}, err
 	}
 	defer done()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-p.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	if _, err := p.dm.WaitEvent(ctx, p.name, after); err != nil {
+		select {
+		case <-p.closing:
+			return Status{}, errors.Join(ErrClosed, err)
+		default:
+		}
 		return Status{}, err
 	}
 	return p.status()
@@ -238,7 +265,7 @@ func (p *Pool) discard(ctx context.Context, rec *record) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|unix.O_EXCL, 0)
 	if err != nil {
 		if errors.Is(err, unix.EBUSY) {
-			return fmt.Errorf("%w: %q: %v", ErrBusy, rec.Name, err)
+			return fmt.Errorf("%w: %q: %w", ErrBusy, rec.Name, err)
 		}
 		return fmt.Errorf("thinpool: discard %q: %w", rec.Name, err)
 	}

@@ -25,7 +25,8 @@ const (
 	StateDeleting State = "deleting"
 	// StateDeferredDelete: deletion waits for the device to be closed.
 	StateDeferredDelete State = "deferred-delete"
-	// StateFaulty: the thin device could not be found after a crash.
+	// StateFaulty: Open could not settle the record (the thin device was
+	// lost, or a half-done change could not be finished); Fault says why.
 	StateFaulty State = "faulty"
 )
 
@@ -38,6 +39,8 @@ type record struct {
 	State   State     `json:"state"`
 	TxID    uint64    `json:"txid"` // the pool transaction id of the last change
 	Created time.Time `json:"created"`
+	// Fault says why a faulty record could not be settled.
+	Fault string `json:"fault,omitempty"`
 	// Labels are the caller's, stored with the record.
 	Labels map[string]string `json:"labels,omitempty"`
 }
@@ -46,11 +49,12 @@ var (
 	bucketDevices = []byte("devices") // name -> record JSON
 	bucketIDs     = []byte("ids")     // thin id (big endian) -> name
 	bucketMeta    = []byte("meta")
-	keyTxID       = []byte("txid")      // last transaction id both sides agree on
-	keyNextID     = []byte("next-id")   // where id allocation resumes
-	keyPrefix     = []byte("prefix")    // device-mapper name prefix
-	keyPoolName   = []byte("pool")      // pool device name
-	keyBlockSize  = []byte("blocksize") // data block size in bytes
+	keyTxID       = []byte("txid")        // last transaction id both sides agree on
+	keyTxIssued   = []byte("txid-issued") // last transaction id handed to a change
+	keyNextID     = []byte("next-id")     // where id allocation resumes
+	keyPrefix     = []byte("prefix")      // device-mapper name prefix
+	keyPoolName   = []byte("pool")        // pool device name
+	keyBlockSize  = []byte("blocksize")   // data block size in bytes
 )
 
 // txn is a store transaction.
@@ -175,13 +179,15 @@ func (s *store) all() ([]*record, error) {
 	return out, err
 }
 
-func (s *store) txID() (uint64, error) {
-	var v uint64
-	err := s.db.View(func(tx *bolt.Tx) error {
-		v = u64(tx.Bucket(bucketMeta).Get(keyTxID))
+// txIDs returns the last transaction id both sides agreed on and the last
+// one handed to a change.
+func (s *store) txIDs() (agreed, issued uint64, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		agreed, issued = u64(meta.Get(keyTxID)), u64(meta.Get(keyTxIssued))
 		return nil
 	})
-	return v, err
+	return agreed, issued, err
 }
 
 func (s *store) metaString(key []byte) (string, error) {
