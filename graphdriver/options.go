@@ -49,6 +49,11 @@ type Config struct {
 	// DataDevice and MetadataDevice (dm.datadev, dm.metadatadev): build the
 	// pool over these block devices instead of loopback files.
 	DataDevice, MetadataDevice string
+	// ForceDevices (dm.force_devices): build a new pool over DataDevice and
+	// MetadataDevice even when they hold a filesystem, a partition table or
+	// another pool's signature, whose contents are then lost. Without it
+	// such a device is refused before a byte of it is written.
+	ForceDevices bool
 	// ThinPoolDevice (dm.thinpooldev): use this existing thin-pool
 	// device-mapper device (a name, or /dev/mapper/NAME). Cleanup leaves it
 	// as it was.
@@ -168,6 +173,8 @@ func (c *Config) set(opt string) error {
 		return path(&c.DataDevice)
 	case "dm.metadatadev":
 		return path(&c.MetadataDevice)
+	case "dm.force_devices":
+		return boolean(&c.ForceDevices)
 	case "dm.thinpooldev":
 		if err := path(&c.ThinPoolDevice); err != nil {
 			return err
@@ -336,6 +343,7 @@ func (c *Config) poolOptions(home string) thinpool.Options {
 		Root:                home,
 		DataDevice:          c.DataDevice,
 		MetadataDevice:      c.MetadataDevice,
+		ForceDevices:        c.ForceDevices,
 		PoolDevice:          c.ThinPoolDevice,
 		LoopDataSize:        c.LoopDataSize,
 		LoopMetadataSize:    c.LoopMetadataSize,

@@ -83,6 +83,20 @@ func TestParseOptionsLastWins(t *testing.T) {
 }
 
 // Every bad option is reported, and each message names its option.
+// dm.force_devices reaches the pool, whose kernel tests show what it
+// allows (thinpool's signature refusal); without it nothing is forced.
+func TestParseOptionsForceDevices(t *testing.T) {
+	c, err := ParseOptions([]string{"dm.datadev=/dev/vdb", "dm.metadatadev=/dev/vdc"})
+	require.NoError(t, err)
+	assert.False(t, c.poolOptions("/h").ForceDevices)
+	c, err = ParseOptions([]string{"dm.datadev=/dev/vdb", "dm.metadatadev=/dev/vdc", "dm.force_devices=true"})
+	require.NoError(t, err)
+	assert.True(t, c.poolOptions("/h").ForceDevices)
+	_, err = ParseOptions([]string{"dm.force_devices=please"})
+	require.ErrorIs(t, err, ErrInvalidOptions)
+	assert.Contains(t, err.Error(), "dm.force_devices=please")
+}
+
 func TestParseOptionsErrorsNameTheOption(t *testing.T) {
 	cases := []struct {
 		opt  string
