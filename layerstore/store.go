@@ -49,8 +49,10 @@ type Options struct {
 	// RootfsDir, when set, is a directory made on the base filesystem
 	// (mode 0755, root's) that Get returns as the layer's root, so that
 	// callers never see lost+found. Docker's driver uses "rootfs"; a
-	// caller that mounts the filesystem root itself leaves it empty. It
-	// must stay the same for the life of Root.
+	// caller that mounts the filesystem root itself leaves it empty, and
+	// then lost+found is removed from the base filesystem when it is
+	// made, so that the root holds only what callers put there. It must
+	// stay the same for the life of Root.
 	RootfsDir string
 	// Discard a layer's blocks before deleting its device, so a loopback
 	// file gives the space back.
