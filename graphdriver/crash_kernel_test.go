@@ -55,6 +55,7 @@ func TestMain(m *testing.M) {
 }
 
 func killSelf() {
+	testenv.FlushCoverage()
 	_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 	select {}
 }
