@@ -499,3 +499,53 @@ func TestRecoverySettlesEveryState(t *testing.T) {
 	assert.Greater(t, p.txid, max(before, k+60))
 	assertPoolMatchesRecords(t, p)
 }
+
+// TestOpenRefusesWrongDevices: devices that are not block devices, a pool
+// device that does not exist or is not a thin pool are refused by name,
+// and leave no pool behind.
+func TestOpenRefusesWrongDevices(t *testing.T) {
+	testenv.RequireDM(t)
+	ctx := context.Background()
+	zero := 0
+	dir := t.TempDir()
+	file := filepath.Join(dir, "plain")
+	require.NoError(t, os.WriteFile(file, make([]byte, 4096), 0o600))
+	_, err := Open(ctx, Options{Root: filepath.Join(dir, "a"), DataDevice: file, MetadataDevice: file, MinFreeSpacePercent: &zero})
+	assert.ErrorContains(t, err, "is not a block device")
+	_, err = Open(ctx, Options{Root: filepath.Join(dir, "b"), DataDevice: file, MetadataDevice: filepath.Join(dir, "none"), MinFreeSpacePercent: &zero})
+	assert.ErrorIs(t, err, os.ErrNotExist)
+
+	c, err := devmapper.Open(devmapper.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	_, err = Open(ctx, Options{Root: filepath.Join(dir, "c"), PoolDevice: testenv.Suffix(t) + "-nopool", MinFreeSpacePercent: &zero})
+	assert.True(t, devmapper.IsNotFound(err), "missing pool device: %v", err)
+	linear := testenv.Suffix(t) + "-notpool"
+	linearOverLoop(t, c, linear, 16*MiB)
+	_, err = Open(ctx, Options{Root: filepath.Join(dir, "d"), PoolDevice: linear, MinFreeSpacePercent: &zero})
+	assert.ErrorContains(t, err, "not thin-pool")
+	tab, err := c.Table(linear)
+	require.NoError(t, err)
+	assert.Equal(t, "linear", tab[0].Params.TargetType(), "the device is untouched")
+}
+
+// TestLabelsRefused: an empty label key is refused on create and on
+// SetLabels, and nothing is made or changed.
+func TestLabelsRefused(t *testing.T) {
+	tp := openPool(t, nil)
+	ctx := context.Background()
+	_, err := tp.Create(ctx, "l", 8*MiB, WithLabels(map[string]string{"": "x"}))
+	assert.ErrorContains(t, err, "empty key")
+	_, err = tp.Get("l")
+	assert.ErrorIs(t, err, ErrNotFound)
+	_, err = tp.Create(ctx, "l", 8*MiB, WithLabels(map[string]string{"a": "1"}))
+	require.NoError(t, err)
+	assert.ErrorContains(t, tp.SetLabels(ctx, "l", map[string]string{"": "x", "a": "2"}), "empty key")
+	assert.ErrorIs(t, tp.SetLabels(ctx, "missing", map[string]string{"a": "2"}), ErrNotFound)
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	assert.ErrorIs(t, tp.SetLabels(cctx, "l", map[string]string{"a": "2"}), context.Canceled)
+	d, err := tp.Get("l")
+	require.NoError(t, err)
+	assert.Equal(t, map[string]string{"a": "1"}, d.Labels)
+}
