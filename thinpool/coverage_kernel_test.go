@@ -549,3 +549,50 @@ func TestLabelsRefused(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, map[string]string{"a": "1"}, d.Labels)
 }
+
+// TestDeleteRacesAnOpener: a device opened after Delete checked that it
+// was closed, but before its dm device is removed, is not deleted: the
+// record goes back to ready (ErrBusy), or with Deferred to deferred-delete.
+func TestDeleteRacesAnOpener(t *testing.T) {
+	for _, opts := range []DeleteOptions{{}, {Discard: true}, {Deferred: true}} {
+		t.Run(fmt.Sprintf("discard=%v,deferred=%v", opts.Discard, opts.Deferred), func(t *testing.T) {
+			tp := openPool(t, nil)
+			ctx := context.Background()
+			_, err := tp.Create(ctx, "raced", 8*MiB)
+			require.NoError(t, err)
+			path, err := tp.Activate(ctx, "raced")
+			require.NoError(t, err)
+			data := pattern(13, 64<<10)
+			writeFile(t, path, 0, data)
+			var f *os.File
+			tp.hook = func(step string) {
+				if step == "delete:marked" && f == nil {
+					f, err = os.Open(path)
+					require.NoError(t, err)
+				}
+			}
+			err = tp.Delete(ctx, "raced", opts)
+			tp.hook = nil
+			require.NotNil(t, f, "the opener ran")
+			d, gerr := tp.Get("raced")
+			require.NoError(t, gerr)
+			if opts.Deferred {
+				require.NoError(t, err)
+				assert.Equal(t, StateDeferredDelete, d.State)
+			} else {
+				assert.ErrorIs(t, err, ErrBusy)
+				assert.Equal(t, StateReady, d.State, "the record is put back")
+			}
+			assert.Equal(t, data, readFile(t, path, 0, len(data)), "the opener reads its data")
+			require.NoError(t, f.Close())
+			if opts.Deferred {
+				require.Eventually(t, func() bool { return tp.ProcessDeferred(ctx) == nil }, 5*time.Second, 20*time.Millisecond)
+				_, err = tp.Get("raced")
+				assert.ErrorIs(t, err, ErrNotFound)
+			} else {
+				require.NoError(t, tp.Delete(ctx, "raced", opts))
+			}
+			assertPoolMatchesRecords(t, tp.Pool)
+		})
+	}
+}
