@@ -8,9 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"sort"
-	"strconv"
+	"slices"
 	"syscall"
 	"testing"
 
@@ -239,24 +237,17 @@ func closeAndCheck(t *testing.T, cfg Config) error {
 	devs, err := sn.Store().Pool().List()
 	require.NoError(t, err)
 	prefix := sn.Store().Pool().Name()
-	var want []int
+	var want []uint32
 	for _, d := range devs {
-		want = append(want, int(d.ID))
+		want = append(want, d.ID)
 	}
-	sort.Ints(want)
+	slices.Sort(want)
 	require.NoError(t, sn.Close())
 	out, err := exec.Command("dmsetup", "ls").CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	require.NotContains(t, string(out), prefix, "pool device left after Close")
 	meta := filepath.Join(cfg.RootPath, "pool", "devicemapper", "metadata")
-	dump, err := exec.Command("thin_dump", meta).CombinedOutput()
-	require.NoError(t, err, "thin_dump %s: %s", meta, dump)
-	var got []int
-	for _, m := range regexp.MustCompile(`<device dev_id="(\d+)"`).FindAllStringSubmatch(string(dump), -1) {
-		id, _ := strconv.Atoi(m[1])
-		got = append(got, id)
-	}
-	sort.Ints(got)
+	got := testenv.ThinIDs(t, meta)
 	require.Equal(t, want, got, "thin ids in the pool's metadata vs the records")
 	return nil
 }

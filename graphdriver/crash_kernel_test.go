@@ -9,9 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -276,7 +274,7 @@ func runDriverCrash(t *testing.T, cc driverCrashCase, step string) {
 	want := recordThinIDs(t, d)
 	require.NoError(t, d.Cleanup())
 	assertNothingLeft(t, home, poolName)
-	assert.Equal(t, want, thinDumpIDs(t, filepath.Join(home, "devicemapper", "metadata")), "thin ids in the pool's metadata vs the records after a crash at %s", step)
+	assert.Equal(t, want, testenv.ThinIDs(t, filepath.Join(home, "devicemapper", "metadata")), "thin ids in the pool's metadata vs the records after a crash at %s", step)
 }
 
 // assertAccounted checks that nothing is mounted under home but layers the
@@ -321,21 +319,6 @@ func recordThinIDs(t *testing.T, d *Driver) []uint32 {
 	var ids []uint32
 	for _, dev := range devs {
 		ids = append(ids, dev.ID)
-	}
-	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
-	return ids
-}
-
-// thinDumpIDs reads the thin ids from a pool's metadata, offline.
-func thinDumpIDs(t *testing.T, metadata string) []uint32 {
-	t.Helper()
-	out, err := exec.Command("thin_dump", metadata).Output()
-	require.NoError(t, err, "thin_dump %s", metadata)
-	var ids []uint32
-	for _, m := range regexp.MustCompile(`<device dev_id="(\d+)"`).FindAllSubmatch(out, -1) {
-		v, err := strconv.ParseUint(string(m[1]), 10, 32)
-		require.NoError(t, err)
-		ids = append(ids, uint32(v))
 	}
 	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
 	return ids

@@ -10,6 +10,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/dmthin/dmthin/internal/testenv"
 )
 
 // TestConcurrentOperations hammers one pool from many goroutines; run it
@@ -80,7 +82,7 @@ func TestConcurrentOperations(t *testing.T) {
 	want := recordIDs(t, tp.Pool)
 	opts := tp.opts
 	require.NoError(t, tp.Shutdown(ctx))
-	assert.Equal(t, want, thinIDs(t, tp.metaPath), "pool metadata agrees with records")
+	assert.Equal(t, want, testenv.ThinIDs(t, tp.metaPath), "pool metadata agrees with records")
 	p, err := Open(ctx, opts)
 	require.NoError(t, err)
 	tp.Pool = p

@@ -204,7 +204,7 @@ func runCrash(t *testing.T, cc crashCase, step string) {
 	// Records and the pool's own metadata agree (thin_dump offline).
 	want := recordIDs(t, p)
 	require.NoError(t, p.Shutdown(ctx))
-	got := thinIDs(t, tp.metaPath)
+	got := testenv.ThinIDs(t, tp.metaPath)
 	assert.Equal(t, want, got, "thin ids in pool metadata vs records after crash at %s", step)
 	p, err = Open(ctx, tp.opts)
 	require.NoError(t, err)

@@ -8,9 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"sort"
-	"strconv"
 	"testing"
 	"time"
 
@@ -87,21 +85,6 @@ func thinCheck(t *testing.T, metadata string) {
 	t.Helper()
 	out, err := exec.Command("thin_check", metadata).CombinedOutput()
 	assert.NoError(t, err, "thin_check %s: %s", metadata, out)
-}
-
-// thinIDs lists the thin ids in offline pool metadata with thin_dump.
-func thinIDs(t *testing.T, metadata string) []uint32 {
-	t.Helper()
-	out, err := exec.Command("thin_dump", metadata).Output()
-	require.NoError(t, err, "thin_dump")
-	var ids []uint32
-	for _, m := range regexp.MustCompile(`<device dev_id="(\d+)"`).FindAllSubmatch(out, -1) {
-		v, err := strconv.ParseUint(string(m[1]), 10, 32)
-		require.NoError(t, err)
-		ids = append(ids, uint32(v))
-	}
-	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
-	return ids
 }
 
 func writeFile(t *testing.T, path string, off int64, data []byte) {
@@ -403,7 +386,7 @@ func TestIDsMatchPoolMetadata(t *testing.T) {
 	want := recordIDs(t, tp.Pool)
 	opts := tp.opts
 	require.NoError(t, tp.Shutdown(ctx))
-	assert.Equal(t, want, thinIDs(t, tp.metaPath))
+	assert.Equal(t, want, testenv.ThinIDs(t, tp.metaPath))
 	p, err := Open(ctx, opts)
 	require.NoError(t, err)
 	tp.Pool = p

@@ -4,11 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"sort"
-	"strconv"
 	"testing"
 	"time"
 
@@ -54,20 +51,9 @@ func liveThinIDs(t *testing.T, p *Pool) []uint32 {
 		meta = filepath.Join(t.TempDir(), "metadata")
 		require.NoError(t, unix.Mknod(meta, unix.S_IFBLK|0o600, int(unix.Mkdev(md.Major, md.Minor))))
 	}
-	out, err := exec.Command("thin_dump", "--metadata-snap", meta).Output()
-	_, rerr := p.dm.Message(p.name, 0, "release_metadata_snap")
-	require.NoError(t, err, "thin_dump --metadata-snap")
-	require.NoError(t, rerr)
-	ids := []uint32{}
-	for _, m := range regexp.MustCompile(`<device dev_id="(\d+)"`).FindAllSubmatch(out, -1) {
-		v, err := strconv.ParseUint(string(m[1]), 10, 32)
-		require.NoError(t, err)
-		ids = append(ids, uint32(v))
-	}
-	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
-	if len(ids) == 0 {
-		return nil
-	}
+	ids := testenv.ThinIDs(t, "--metadata-snap", meta)
+	_, err = p.dm.Message(p.name, 0, "release_metadata_snap")
+	require.NoError(t, err)
 	return ids
 }
 
