@@ -189,7 +189,10 @@ func checkOnce(ctx context.Context, p *Pool, active bool) (CheckReport, error) {
 		known = true
 		rep.ThinIDs = len(ids)
 	}
-	rep.Findings, rep.Pending = compareViews(p.prefix, recs, dms, ids, known)
+	if f, pending := compareViews(p.prefix, recs, dms, ids, known); len(f)+len(pending) > 0 {
+		rep.Findings = append(rep.Findings, f...)
+		rep.Pending = append(rep.Pending, pending...)
+	}
 	if active {
 		ps, err := p.poolStatus()
 		if err != nil {

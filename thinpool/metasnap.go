@@ -192,7 +192,7 @@ func (r *metaReader) run(ctx context.Context, tool string, args ...string) (out 
 	}
 	if _, err := r.dm.Message(r.pool, 0, "reserve_metadata_snap"); err != nil {
 		if errors.Is(err, unix.EBUSY) {
-			return nil, fmt.Errorf("%w (%s): %w", ErrSnapshotHeld, r.pool, err)
+			return nil, fmt.Errorf("%w (%s; another check is running, or a killed one left it: dmsetup message %s 0 release_metadata_snap): %w", ErrSnapshotHeld, r.pool, r.pool, err)
 		}
 		return nil, fmt.Errorf("thinpool: reserve metadata snapshot of %s: %w", r.pool, err)
 	}

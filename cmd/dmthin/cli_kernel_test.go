@@ -158,7 +158,7 @@ func TestCommandsOnLiveAndStoppedStore(t *testing.T) {
 	assert.Greater(t, rep.DataUsed, int64(3<<20))
 	assert.Equal(t, int64(thinpool.DefaultBlockSize), rep.BlockSize)
 	// The default low-water mark is 1% of the data blocks.
-	assert.Equal(t, dataSize/thinpool.DefaultBlockSize/100*thinpool.DefaultBlockSize, rep.LowWaterMark)
+	assert.Equal(t, int64(dataSize/thinpool.DefaultBlockSize/100*thinpool.DefaultBlockSize), rep.LowWaterMark)
 	assert.Empty(t, rep.Deleting)
 	assert.Empty(t, rep.FaultyDevices)
 	assert.False(t, rep.MetadataSnapshotHeld)
@@ -417,19 +417,38 @@ func TestCheckAndGCOrphans(t *testing.T) {
 	pr, err := p.Check(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, want, findingKinds(pr))
-	var dmFinding []thinpool.Finding
+	// The library's gc on the open pool: the dm device, and the thin id
+	// with its blocks discarded first.
+	var some []thinpool.Finding
 	for _, f := range pr.Findings {
-		if f.Kind == thinpool.FindingDMWithoutRecord {
-			dmFinding = append(dmFinding, f)
+		if f.Kind != thinpool.FindingRecordWithoutThin {
+			some = append(some, f)
 		}
 	}
-	removed, err := p.RemoveOrphans(ctx, dmFinding, thinpool.GCOptions{})
+	var progress []string
+	removed, err := p.RemoveOrphans(ctx, some, thinpool.GCOptions{Discard: true, Progress: func(what string, done, total int64) {
+		progress = append(progress, fmt.Sprintf("%s %d/%d", what, done, total))
+	}})
 	require.NoError(t, err)
-	assert.Len(t, removed, 1)
+	assert.Len(t, removed, 2)
+	require.NotEmpty(t, progress)
+	// b had 4MiB written: the snapshot maps at least that far.
+	assert.Regexp(t, fmt.Sprintf(`^discard thin id %d 0/\d+$`, orphanID), progress[0])
+	var id, done, total int64
+	_, err = fmt.Sscanf(progress[len(progress)-1], "discard thin id %d %d/%d", &id, &done, &total)
+	require.NoError(t, err)
+	assert.Equal(t, total, done, "the last report is the whole extent")
+	assert.GreaterOrEqual(t, total, int64(4<<20))
 	ok, err := dm.Exists(stray)
 	require.NoError(t, err)
 	assert.False(t, ok, "RemoveOrphans removed the dm device")
+	pr, err = p.Check(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, want[1:2], findingKinds(pr), "only the record is left")
+	// Make them again for the command's gc.
 	makeStray()
+	_, err = dm.Message(p.Name(), 0, fmt.Sprintf("create_snap %d %d", orphanID, lb.ID))
+	require.NoError(t, err)
 
 	// gc refuses while the pool is open, and without --yes off a
 	// terminal; neither changes anything.
@@ -492,6 +511,7 @@ func TestCheckAndGCOrphans(t *testing.T) {
 	r = runCLI(t, "", "check", "--root", root)
 	assert.Equal(t, exitIncomplete, r.code)
 	assert.Contains(t, r.stdout, "holds a metadata snapshot already")
+	assert.Contains(t, r.stdout, "release_metadata_snap")
 	assert.Contains(t, r.stdout, "INCOMPLETE")
 	rep := decode[thinpool.Report](t, runCLI(t, "", "status", "--root", root, "--json"))
 	assert.True(t, rep.MetadataSnapshotHeld)

@@ -104,7 +104,9 @@ func (c *cmdCtx) entries(in *thinpool.Inspector) ([]*entry, error) {
 		if e.Mounts == nil {
 			e.Mounts = []string{}
 		}
-		e.Layer, _ = layerstore.LayerOf(d.Name)
+		if layer, ok := layerstore.LayerOf(d.Name); ok {
+			e.Layer = layer
+		}
 		out = append(out, e)
 	}
 	return out, nil
@@ -334,7 +336,10 @@ func runDu(ctx context.Context, c *cmdCtx) error {
 	w := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "DEVICE\tLAYER\tSIZE\tMAPPED\tEXCLUSIVE\tSHARED")
 	for _, u := range us {
-		layer, _ := layerstore.LayerOf(u.Name)
+		layer, ok := layerstore.LayerOf(u.Name)
+		if !ok {
+			layer = ""
+		}
 		if !u.Known {
 			fmt.Fprintf(w, "%s\t%s\t%s\tunknown\tunknown\tunknown\n", u.Name, orDash(layer), size(u.Size))
 			continue
