@@ -400,13 +400,37 @@ func TestCheckAndGCOrphans(t *testing.T) {
 		fmt.Sprintf("thin-id-without-record - - %d", orphanID),
 	}
 
+	// A deletion waiting in the background: a device held open, deleted
+	// with Deferred.
+	_, err = p.Create(ctx, "busy", 16<<20)
+	require.NoError(t, err)
+	node, err := p.Activate(ctx, "busy")
+	require.NoError(t, err)
+	hold, err := os.Open(node)
+	require.NoError(t, err)
+	held := true
+	defer func() {
+		if held {
+			hold.Close()
+		}
+	}()
+	require.NoError(t, p.Delete(ctx, "busy", thinpool.DeleteOptions{Deferred: true}))
+	r := execCLI(t, "status", "--root", root, "--json")
+	require.Equal(t, exitOK, r.code)
+	rep := decode[thinpool.Report](t, r)
+	assert.Equal(t, []string{"busy"}, rep.Deleting)
+	assert.Equal(t, 1, rep.DeferredDeletes)
+	r = runCLI(t, "", "status", "--root", root)
+	assert.Regexp(t, `being deleted\s+busy\n`, r.stdout)
+
 	// check while the pool is open here (the engine runs): exec'd, and
 	// in-process.
-	r := execCLI(t, "check", "--root", root, "--json")
+	r = execCLI(t, "check", "--root", root, "--json")
 	require.Equal(t, exitProblems, r.code)
 	cr := decode[thinpool.CheckReport](t, r)
 	assert.True(t, cr.Live)
 	assert.Equal(t, want, findingKinds(cr))
+	assert.Equal(t, []string{"busy"}, cr.Pending, "a deferred delete is pending, not an orphan")
 	assert.Len(t, cr.Orphans(), 3)
 	r = runCLI(t, "", "check", "--root", root)
 	require.Equal(t, exitProblems, r.code)
@@ -449,6 +473,10 @@ func TestCheckAndGCOrphans(t *testing.T) {
 	makeStray()
 	_, err = dm.Message(p.Name(), 0, fmt.Sprintf("create_snap %d %d", orphanID, lb.ID))
 	require.NoError(t, err)
+
+	// Closed: the pool's next Open (gc's) finishes the deletion.
+	require.NoError(t, hold.Close())
+	held = false
 
 	// gc refuses while the pool is open, and without --yes off a
 	// terminal; neither changes anything.
@@ -513,7 +541,7 @@ func TestCheckAndGCOrphans(t *testing.T) {
 	assert.Contains(t, r.stdout, "holds a metadata snapshot already")
 	assert.Contains(t, r.stdout, "release_metadata_snap")
 	assert.Contains(t, r.stdout, "INCOMPLETE")
-	rep := decode[thinpool.Report](t, runCLI(t, "", "status", "--root", root, "--json"))
+	rep = decode[thinpool.Report](t, runCLI(t, "", "status", "--root", root, "--json"))
 	assert.True(t, rep.MetadataSnapshotHeld)
 	_, err = dm.Message(p.Name(), 0, "release_metadata_snap")
 	require.NoError(t, err)
