@@ -545,4 +545,16 @@ func TestCheckAndGCOrphans(t *testing.T) {
 	assert.True(t, rep.MetadataSnapshotHeld)
 	_, err = dm.Message(p.Name(), 0, "release_metadata_snap")
 	require.NoError(t, err)
+
+	// grow of a pool that is active but held by nobody (an engine that
+	// died): the pool is reloaded online, its low-water mark kept (not
+	// recomputed as 1% of the new size), and it stays active.
+	require.Equal(t, int64(dataSize/thinpool.DefaultBlockSize/100*thinpool.DefaultBlockSize), rep.LowWaterMark)
+	r = execCLI(t, "grow", "--root", root, "--data", "3G")
+	require.Equal(t, exitOK, r.code)
+	assert.Contains(t, r.stdout, "data 3GiB, metadata 16MiB")
+	rep2 := decode[thinpool.Report](t, runCLI(t, "", "status", "--root", root, "--json"))
+	assert.True(t, rep2.Active, "left active, as found")
+	assert.Equal(t, int64(3*units.GiB), rep2.DataTotal)
+	assert.Equal(t, rep.LowWaterMark, rep2.LowWaterMark)
 }
