@@ -29,10 +29,14 @@ type Status struct {
 	MetadataAvailable int64              `json:"metadata_available"`
 	Mode              devmapper.PoolMode `json:"mode"`
 	NeedsCheck        bool               `json:"needs_check"`
-	TransactionID     uint64             `json:"transaction_id"`
-	Devices           int                `json:"devices"`
-	DeferredDeletes   int                `json:"deferred_deletes"`
-	Faulty            int                `json:"faulty"`
+	// ErrorIfNoSpace: writes that find the pool full fail with ENOSPC at
+	// once; otherwise the kernel queues them (see Options.QueueIfNoSpace
+	// and AutoGrow).
+	ErrorIfNoSpace  bool   `json:"error_if_no_space"`
+	TransactionID   uint64 `json:"transaction_id"`
+	Devices         int    `json:"devices"`
+	DeferredDeletes int    `json:"deferred_deletes"`
+	Faulty          int    `json:"faulty"`
 	// FaultyDevices names every device recovery could not settle (faulty
 	// records, and dm devices of the pool it could not remove or resume),
 	// with the reason.
@@ -102,7 +106,8 @@ func (p *Pool) spaceStatus() (Status, error) {
 	bs := int64(p.blockSize.Bytes())
 	s := Status{
 		Name: p.name, BlockSize: bs, Mode: ps.Mode, NeedsCheck: ps.NeedsCheck,
-		TransactionID: ps.TransactionID, External: p.external,
+		ErrorIfNoSpace: ps.NoSpace == devmapper.ErrorIfNoSpace,
+		TransactionID:  ps.TransactionID, External: p.external,
 		MinFreeSpacePercent: *p.opts.MinFreeSpacePercent,
 		DataUsed:            int64(ps.UsedDataBlocks) * bs,
 		DataTotal:           int64(ps.TotalDataBlocks) * bs,
@@ -176,46 +181,64 @@ func (p *Pool) Grow(ctx context.Context, dataSize, metadataSize int64) error {
 	}
 	p.msgMu.Lock()
 	defer p.msgMu.Unlock()
-	if p.dataLoop != nil {
-		for _, f := range []struct {
-			path string
-			size int64
-			loop *loopback.Device
-		}{{p.dataPath, dataSize, p.dataLoop}, {p.metaPath, metadataSize, p.metaLoop}} {
-			if f.size == 0 {
-				continue
-			}
-			st, err := os.Stat(f.path)
-			if err != nil {
-				return fmt.Errorf("thinpool: grow: %w", err)
-			}
-			if f.size < st.Size() {
-				return fmt.Errorf("thinpool: grow %s to %d bytes: it has %d, shrinking is not supported", f.path, f.size, st.Size())
-			}
-			if err := loopback.CreateSparse(f.path, f.size); err != nil {
-				return fmt.Errorf("thinpool: grow: %w", err)
-			}
-			if err := f.loop.SetCapacity(); err != nil {
-				return fmt.Errorf("thinpool: grow: %w", err)
-			}
+	if err := p.growFilesLocked(dataSize, metadataSize); err != nil {
+		return err
+	}
+	return p.reloadPoolLocked()
+}
+
+// growFilesLocked grows the loopback files to dataSize and metadataSize (0
+// keeps a size; shrinking is refused) and tells their loop devices. The
+// caller holds msgMu and reloads the pool's table after.
+func (p *Pool) growFilesLocked(dataSize, metadataSize int64) error {
+	for _, f := range []struct {
+		path string
+		size int64
+		loop *loopback.Device
+	}{{p.dataPath, dataSize, p.dataLoop}, {p.metaPath, metadataSize, p.metaLoop}} {
+		if f.size == 0 {
+			continue
+		}
+		st, err := os.Stat(f.path)
+		if err != nil {
+			return fmt.Errorf("thinpool: grow: %w", err)
+		}
+		if f.size < st.Size() {
+			return fmt.Errorf("thinpool: grow %s to %d bytes: it has %d, shrinking is not supported", f.path, f.size, st.Size())
+		}
+		if err := loopback.CreateSparse(f.path, f.size); err != nil {
+			return fmt.Errorf("thinpool: grow: %w", err)
+		}
+		if err := f.loop.SetCapacity(); err != nil {
+			return fmt.Errorf("thinpool: grow: %w", err)
 		}
 	}
+	return nil
+}
+
+// reloadPoolLocked reloads the pool's table as the options and the data
+// device's size call for, keeping its devices and block size: the one way
+// the pool's table changes after it is made (growth, the no-space policy of
+// AutoGrow). The caller holds msgMu.
+func (p *Pool) reloadPoolLocked() error {
 	tab, err := p.dm.Table(p.name)
 	if err != nil {
 		return err
 	}
+	if len(tab) != 1 {
+		return fmt.Errorf("thinpool: %q has an unexpected table %v", p.name, tab)
+	}
 	cur, ok := tab[0].Params.(devmapper.ThinPoolParams)
-	if len(tab) != 1 || !ok {
+	if !ok {
 		return fmt.Errorf("thinpool: %q has an unexpected table %v", p.name, tab)
 	}
 	size, err := devSize(cur.Data)
 	if err != nil {
 		return err
 	}
-	want := p.poolTable(cur.Metadata, cur.Data, size)
-	want[0].Params = withBlockSize(want[0].Params, cur.BlockSize)
+	want := p.poolTable(cur.Metadata, cur.Data, size, cur.BlockSize)
 	if err := p.reload(p.name, want); err != nil {
-		return fmt.Errorf("thinpool: grow: %w", err)
+		return fmt.Errorf("thinpool: reload %q: %w", p.name, err)
 	}
 	return nil
 }
