@@ -50,16 +50,19 @@ const (
 
 // ThinPoolStatus is the parsed status line of a thin-pool target.
 type ThinPoolStatus struct {
-	Mode               PoolMode      `json:"mode"`
-	TransactionID      uint64        `json:"transaction_id"`
-	UsedMetadataBlocks uint64        `json:"used_metadata_blocks"` // 4 KiB metadata blocks
-	TotalMetadata      uint64        `json:"total_metadata"`
-	UsedDataBlocks     uint64        `json:"used_data_blocks"` // data blocks of the pool's block size
-	TotalDataBlocks    uint64        `json:"total_data_blocks"`
-	HeldMetadataRoot   *uint64       `json:"held_metadata_root"` // nil when no metadata snapshot is held
-	DiscardPassdown    bool          `json:"discard_passdown"`
-	NoSpace            NoSpacePolicy `json:"no_space"`
-	NeedsCheck         bool          `json:"needs_check"`
+	Mode               PoolMode `json:"mode"`
+	TransactionID      uint64   `json:"transaction_id"`
+	UsedMetadataBlocks uint64   `json:"used_metadata_blocks"` // 4 KiB metadata blocks
+	TotalMetadata      uint64   `json:"total_metadata"`
+	UsedDataBlocks     uint64   `json:"used_data_blocks"` // data blocks of the pool's block size
+	TotalDataBlocks    uint64   `json:"total_data_blocks"`
+	HeldMetadataRoot   *uint64  `json:"held_metadata_root"` // nil when no metadata snapshot is held
+	DiscardPassdown    bool     `json:"discard_passdown"`
+	// DiscardIgnored: the pool was made with ignore_discard (then
+	// DiscardPassdown is false too).
+	DiscardIgnored bool          `json:"discard_ignored"`
+	NoSpace        NoSpacePolicy `json:"no_space"`
+	NeedsCheck     bool          `json:"needs_check"`
 	// MetadataLowWatermark is 0 on kernels that do not print it.
 	MetadataLowWatermark uint64 `json:"metadata_low_watermark"`
 }
@@ -116,6 +119,9 @@ func ParseThinPoolStatus(s string) (ThinPoolStatus, error) {
 			st.DiscardPassdown = true
 		case a == "no_discard_passdown":
 			st.DiscardPassdown = false
+		case a == "ignore_discard":
+			st.DiscardPassdown = false
+			st.DiscardIgnored = true
 		case a == "error_if_no_space":
 			st.NoSpace = ErrorIfNoSpace
 		case a == "queue_if_no_space":
