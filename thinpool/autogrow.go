@@ -71,8 +71,12 @@ func (g *AutoGrow) validate(o *Options) []error {
 		errs = append(errs, fmt.Errorf("%w: AutoGrow."+format, append([]any{ErrInvalidOptions}, a...)...))
 	}
 	human := func(n int64) string { return units.BytesSize(float64(n)) }
-	if o.source() == "devices" {
+	switch o.source() {
+	case "devices":
 		bad("needs a loopback pool: grow the devices, then call Grow")
+		return errs
+	case "external":
+		return errs // refused with the other table options
 	}
 	if t := g.ThresholdPercent; t < 0 || t > 99 {
 		bad("ThresholdPercent %d: want 1 to 99", t)
@@ -337,7 +341,11 @@ func (p *Pool) autoGrowLoop(ctx context.Context, g *autoGrower) {
 			g.lastErr = ""
 		}
 		wctx, cancel := context.WithTimeout(ctx, g.interval)
-		_, _ = p.dm.WaitEvent(wctx, p.name, info.EventNr) // a timeout or error means: look again
+		_, werr := p.dm.WaitEvent(wctx, p.name, info.EventNr)
+		if err != nil || werr != nil && wctx.Err() == nil {
+			// Something failed: wait out the interval, not spin.
+			<-wctx.Done()
+		}
 		cancel()
 		if ctx.Err() != nil {
 			return
