@@ -50,21 +50,22 @@ const (
 
 // ThinPoolStatus is the parsed status line of a thin-pool target.
 type ThinPoolStatus struct {
-	Mode               PoolMode `json:"mode"`
-	TransactionID      uint64   `json:"transaction_id"`
-	UsedMetadataBlocks uint64   `json:"used_metadata_blocks"` // 4 KiB metadata blocks
-	TotalMetadata      uint64   `json:"total_metadata"`
-	UsedDataBlocks     uint64   `json:"used_data_blocks"` // data blocks of the pool's block size
-	TotalDataBlocks    uint64   `json:"total_data_blocks"`
-	HeldMetadataRoot   *uint64  `json:"held_metadata_root"` // nil when no metadata snapshot is held
-	DiscardPassdown    bool     `json:"discard_passdown"`
-	// DiscardIgnored: the pool was made with ignore_discard (then
-	// DiscardPassdown is false too).
-	DiscardIgnored bool          `json:"discard_ignored"`
-	NoSpace        NoSpacePolicy `json:"no_space"`
-	NeedsCheck     bool          `json:"needs_check"`
+	Mode               PoolMode      `json:"mode"`
+	TransactionID      uint64        `json:"transaction_id"`
+	UsedMetadataBlocks uint64        `json:"used_metadata_blocks"` // 4 KiB metadata blocks
+	TotalMetadata      uint64        `json:"total_metadata"`
+	UsedDataBlocks     uint64        `json:"used_data_blocks"` // data blocks of the pool's block size
+	TotalDataBlocks    uint64        `json:"total_data_blocks"`
+	HeldMetadataRoot   *uint64       `json:"held_metadata_root"` // nil when no metadata snapshot is held
+	DiscardPassdown    bool          `json:"discard_passdown"`
+	NoSpace            NoSpacePolicy `json:"no_space"`
+	NeedsCheck         bool          `json:"needs_check"`
 	// MetadataLowWatermark is 0 on kernels that do not print it.
 	MetadataLowWatermark uint64 `json:"metadata_low_watermark"`
+
+	// DiscardIgnored: the pool was made with ignore_discard (then
+	// DiscardPassdown is false too).
+	DiscardIgnored bool `json:"discard_ignored"`
 }
 
 // MetadataBlockSize is the thin pool metadata block size in bytes.

@@ -29,14 +29,10 @@ type Status struct {
 	MetadataAvailable int64              `json:"metadata_available"`
 	Mode              devmapper.PoolMode `json:"mode"`
 	NeedsCheck        bool               `json:"needs_check"`
-	// ErrorIfNoSpace: writes that find the pool full fail with ENOSPC at
-	// once; otherwise the kernel queues them (see Options.QueueIfNoSpace
-	// and AutoGrow).
-	ErrorIfNoSpace  bool   `json:"error_if_no_space"`
-	TransactionID   uint64 `json:"transaction_id"`
-	Devices         int    `json:"devices"`
-	DeferredDeletes int    `json:"deferred_deletes"`
-	Faulty          int    `json:"faulty"`
+	TransactionID     uint64             `json:"transaction_id"`
+	Devices           int                `json:"devices"`
+	DeferredDeletes   int                `json:"deferred_deletes"`
+	Faulty            int                `json:"faulty"`
 	// FaultyDevices names every device recovery could not settle (faulty
 	// records, and dm devices of the pool it could not remove or resume),
 	// with the reason.
@@ -50,6 +46,11 @@ type Status struct {
 	MinFreeSpacePercent int    `json:"min_free_space_percent"`
 	// EventNr is the pool device's event counter, for WaitEvent.
 	EventNr uint32 `json:"event_nr"`
+
+	// ErrorIfNoSpace: writes that find the pool full fail with ENOSPC at
+	// once; otherwise the kernel queues them (see Options.QueueIfNoSpace
+	// and AutoGrow).
+	ErrorIfNoSpace bool `json:"error_if_no_space"`
 }
 
 // FaultyDevice is a device Open could not settle.
@@ -106,14 +107,14 @@ func (p *Pool) spaceStatus() (Status, error) {
 	bs := int64(p.blockSize.Bytes())
 	s := Status{
 		Name: p.name, BlockSize: bs, Mode: ps.Mode, NeedsCheck: ps.NeedsCheck,
-		ErrorIfNoSpace: ps.NoSpace == devmapper.ErrorIfNoSpace,
-		TransactionID:  ps.TransactionID, External: p.external,
+		TransactionID: ps.TransactionID, External: p.external,
 		MinFreeSpacePercent: *p.opts.MinFreeSpacePercent,
 		DataUsed:            int64(ps.UsedDataBlocks) * bs,
 		DataTotal:           int64(ps.TotalDataBlocks) * bs,
 		MetadataUsed:        int64(ps.UsedMetadataBlocks) * devmapper.MetadataBlockSize,
 		MetadataTotal:       int64(ps.TotalMetadata) * devmapper.MetadataBlockSize,
 	}
+	s.ErrorIfNoSpace = ps.NoSpace == devmapper.ErrorIfNoSpace
 	s.DataAvailable = s.DataTotal - s.DataUsed
 	s.MetadataAvailable = s.MetadataTotal - s.MetadataUsed
 	if p.dataLoop != nil {
