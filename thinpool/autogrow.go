@@ -387,6 +387,16 @@ func (p *Pool) stopAutoGrow(restore bool) error {
 	return nil
 }
 
+// canGrow reports whether AutoGrow can still grow the pool's data.
+func (p *Pool) canGrow() bool {
+	if p.grow == nil {
+		return false
+	}
+	p.msgMu.Lock()
+	defer p.msgMu.Unlock()
+	return !p.grow.atMax
+}
+
 // poolGone notes that the pool device was removed: nothing is queued.
 func (p *Pool) poolGoneLocked() {
 	if p.grow != nil {

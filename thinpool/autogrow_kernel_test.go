@@ -312,3 +312,28 @@ func TestTableOptionsReachTheKernel(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, p.Delete(ctx, "d", DeleteOptions{Discard: true}), "a discard the pool ignores is no error")
 }
+
+// The minimum free space does not refuse a device while the pool can still
+// grow: growing gives the space back (a threshold above 100% less the
+// minimum would otherwise refuse every device before any growth).
+func TestAutoGrowMinFreeSpaceWaitsForGrowth(t *testing.T) {
+	logger, _ := logtest.NewNullLogger()
+	tp := openPool(t, func(o *Options) {
+		growOptions(logger, AutoGrow{ThresholdPercent: 95, MaxDataSize: 128 * MiB})(o)
+		o.LoopDataSize = 64 * MiB
+		ten := 10
+		o.MinFreeSpacePercent = &ten
+	})
+	ctx := context.Background()
+	_, err := tp.Create(ctx, "a", 64*MiB)
+	require.NoError(t, err)
+	path, err := tp.Activate(ctx, "a")
+	require.NoError(t, err)
+	_, err = directWrite(t, path, 0, 59*MiB, MiB) // 92%: below the threshold, above the minimum
+	require.NoError(t, err)
+	st, err := tp.Status(ctx)
+	require.NoError(t, err)
+	require.Equal(t, int64(64*MiB), st.DataTotal, "no growth below the threshold")
+	_, err = tp.Create(ctx, "b", 64*MiB)
+	assert.NoError(t, err, "the pool can grow: the minimum free space is not short")
+}

@@ -138,7 +138,8 @@ func fsFree(dir string) (int64, error) {
 }
 
 // checkSpace refuses new devices when free data or metadata space is below
-// the minimum, or the pool is not writable.
+// the minimum (data: unless AutoGrow can still grow the pool), or the pool
+// is not writable.
 func (p *Pool) checkSpace() error {
 	s, err := p.spaceStatus()
 	if err != nil {
@@ -155,7 +156,8 @@ func (p *Pool) checkSpace() error {
 	if pct == 0 {
 		return nil
 	}
-	if min := s.DataTotal * pct / 100; s.DataAvailable < min {
+	// A pool that grows itself gets its free space back by growing.
+	if min := s.DataTotal * pct / 100; s.DataAvailable < min && !p.canGrow() {
 		return &SpaceError{What: "data", Free: s.DataAvailable, Total: s.DataTotal, MinFree: min}
 	}
 	if min := s.MetadataTotal * pct / 100; s.MetadataAvailable < min {
