@@ -10,6 +10,8 @@ import (
 
 	"github.com/docker/go-units"
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/dmthin/dmthin/thinpool"
 )
 
 // Config is the snapshotter's configuration. The keys that containerd's own
@@ -41,6 +43,17 @@ type Config struct {
 	// loopback pool (no PoolName): "100GB" and "2GB" by default.
 	LoopbackDataSize     string `toml:"loopback_data_size"`
 	LoopbackMetadataSize string `toml:"loopback_metadata_size"`
+
+	// Auto-extend of the loopback pool (no PoolName); setting any of these
+	// turns it on (see thinpool.AutoGrow). The pool grows its files by
+	// LoopbackAutoextendPercent of their size (default 20) when
+	// LoopbackAutoextendThreshold percent is in use (default 80), up to
+	// LoopbackDataSizeMax and LoopbackMetadataSizeMax and never past the
+	// free space of their filesystem; past that, writes fail with ENOSPC.
+	LoopbackAutoextendThreshold int    `toml:"loopback_autoextend_threshold"`
+	LoopbackAutoextendPercent   int    `toml:"loopback_autoextend_percent"`
+	LoopbackDataSizeMax         string `toml:"loopback_data_size_max"`
+	LoopbackMetadataSizeMax     string `toml:"loopback_metadata_size_max"`
 }
 
 // Defaults for the sizes a Config leaves empty.
@@ -87,9 +100,11 @@ func ParseConfig(data []byte) (Config, error) {
 	return c, c.Validate()
 }
 
-// sizes are the Config's sizes in bytes, defaults applied.
+// sizes are the Config's sizes in bytes, defaults applied; the maxima are
+// 0 when not set.
 type sizes struct {
 	base, data, meta int64
+	dataMax, metaMax int64
 }
 
 func parseSize(key, v, def string) (int64, error) {
@@ -116,7 +131,38 @@ func (c Config) sizes() (sizes, []error) {
 	if s.meta, err = parseSize("loopback_metadata_size", c.LoopbackMetadataSize, DefaultLoopbackMetadataSize); err != nil {
 		errs = append(errs, err)
 	}
+	if c.LoopbackDataSizeMax != "" {
+		if s.dataMax, err = parseSize("loopback_data_size_max", c.LoopbackDataSizeMax, ""); err != nil {
+			errs = append(errs, err)
+		} else if s.data > 0 && s.dataMax < s.data {
+			errs = append(errs, fmt.Errorf("loopback_data_size_max = %q is below loopback_data_size", c.LoopbackDataSizeMax))
+		}
+	}
+	if c.LoopbackMetadataSizeMax != "" {
+		if s.metaMax, err = parseSize("loopback_metadata_size_max", c.LoopbackMetadataSizeMax, ""); err != nil {
+			errs = append(errs, err)
+		} else if s.meta > 0 && s.metaMax < s.meta {
+			errs = append(errs, fmt.Errorf("loopback_metadata_size_max = %q is below loopback_metadata_size", c.LoopbackMetadataSizeMax))
+		} else if s.metaMax > thinpool.MaxMetadataSize {
+			errs = append(errs, fmt.Errorf("loopback_metadata_size_max = %q: a thin pool uses at most 16320MiB", c.LoopbackMetadataSizeMax))
+		}
+	}
 	return s, errs
+}
+
+// autoextend reports whether an auto-extend key is set.
+func (c Config) autoextend() bool {
+	return c.LoopbackAutoextendThreshold != 0 || c.LoopbackAutoextendPercent != 0 ||
+		c.LoopbackDataSizeMax != "" || c.LoopbackMetadataSizeMax != ""
+}
+
+// autoGrow is the pool's AutoGrow, nil when auto-extend is off.
+func (c Config) autoGrow(s sizes) *thinpool.AutoGrow {
+	if !c.autoextend() {
+		return nil
+	}
+	return &thinpool.AutoGrow{ThresholdPercent: c.LoopbackAutoextendThreshold, StepPercent: c.LoopbackAutoextendPercent,
+		MaxDataSize: s.dataMax, MaxMetadataSize: s.metaMax}
 }
 
 // Validate reports every problem at once, each naming its key.
@@ -134,6 +180,15 @@ func (c Config) Validate() error {
 	}
 	if c.PoolName != "" && (c.LoopbackDataSize != "" || c.LoopbackMetadataSize != "") {
 		errs = append(errs, errors.New("loopback_data_size and loopback_metadata_size size the snapshotter's own pool; they cannot go with pool_name"))
+	}
+	if c.PoolName != "" && c.autoextend() {
+		errs = append(errs, errors.New("loopback_autoextend_* and loopback_*_size_max grow the snapshotter's own pool; they cannot go with pool_name"))
+	}
+	if t := c.LoopbackAutoextendThreshold; t < 0 || t > 99 {
+		errs = append(errs, fmt.Errorf("loopback_autoextend_threshold = %d: want a percentage from 1 to 99", t))
+	}
+	if p := c.LoopbackAutoextendPercent; p < 0 || p > thinpool.MaxAutoGrowStep {
+		errs = append(errs, fmt.Errorf("loopback_autoextend_percent = %d: want a percentage from 1 to %d", p, thinpool.MaxAutoGrowStep))
 	}
 	if strings.ContainsAny(c.PoolName, "/\x00") {
 		errs = append(errs, fmt.Errorf("pool_name = %q: a device-mapper name, without /dev/mapper/", c.PoolName))

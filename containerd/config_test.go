@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/dmthin/dmthin/thinpool"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -35,6 +37,31 @@ base_image_size = "10GB"`))
 	require.NoError(t, err)
 }
 
+func TestParseConfigAutoextend(t *testing.T) {
+	c, err := ParseConfig([]byte(`
+root_path = "/r"
+loopback_data_size = "10GB"
+loopback_autoextend_threshold = 70
+loopback_autoextend_percent = 25
+loopback_data_size_max = "100GB"
+loopback_metadata_size_max = "4GB"
+`))
+	require.NoError(t, err)
+	sz, errs := c.sizes()
+	require.Empty(t, errs)
+	require.Equal(t, &thinpool.AutoGrow{ThresholdPercent: 70, StepPercent: 25, MaxDataSize: 100 << 30, MaxMetadataSize: 4 << 30}, c.autoGrow(sz))
+
+	c, err = ParseConfig([]byte("root_path = \"/r\"\nloopback_data_size_max = \"200GB\""))
+	require.NoError(t, err)
+	sz, _ = c.sizes()
+	require.Equal(t, &thinpool.AutoGrow{MaxDataSize: 200 << 30}, c.autoGrow(sz), "any key turns it on; thinpool fills the defaults")
+
+	c, err = ParseConfig([]byte(`root_path = "/r"`))
+	require.NoError(t, err)
+	sz, _ = c.sizes()
+	require.Nil(t, c.autoGrow(sz), "off by default")
+}
+
 func TestParseConfigErrors(t *testing.T) {
 	cases := []struct {
 		name, toml string
@@ -50,6 +77,12 @@ func TestParseConfigErrors(t *testing.T) {
 		{"pool path", "root_path = \"/r\"\npool_name = \"/dev/mapper/p\"", []string{"pool_name", "without /dev/mapper/"}},
 		{"wrong type", "root_path = 7", []string{"root_path"}},
 		{"not toml", "root_path = ", []string{"line 1"}},
+		{"autoextend with pool", "root_path = \"/r\"\npool_name = \"p\"\nloopback_autoextend_threshold = 80", []string{"pool_name", "loopback_autoextend"}},
+		{"threshold", "root_path = \"/r\"\nloopback_autoextend_threshold = 100", []string{"loopback_autoextend_threshold = 100"}},
+		{"step", "root_path = \"/r\"\nloopback_autoextend_percent = -5", []string{"loopback_autoextend_percent = -5"}},
+		{"max below size", "root_path = \"/r\"\nloopback_data_size = \"10G\"\nloopback_data_size_max = \"5G\"", []string{"loopback_data_size_max", "below"}},
+		{"bad max", "root_path = \"/r\"\nloopback_metadata_size_max = \"lots\"", []string{"loopback_metadata_size_max"}},
+		{"metadata max too big", "root_path = \"/r\"\nloopback_metadata_size_max = \"17G\"", []string{"loopback_metadata_size_max", "16320MiB"}},
 		{"every problem at once", "fs_type = \"zfs\"\nbase_image_size = \"x\"", []string{"root_path is required", "fs_type", "base_image_size"}},
 	}
 	for _, c := range cases {

@@ -106,6 +106,7 @@ func open(ctx context.Context, cfg Config, log logrus.FieldLogger, hook func(str
 	}
 	if cfg.PoolName == "" {
 		opts.Pool.LoopDataSize, opts.Pool.LoopMetadataSize = sz.data, sz.meta
+		opts.Pool.AutoGrow = cfg.autoGrow(sz)
 	}
 	ls, err := layerstore.Open(ctx, opts)
 	if errors.Is(err, thinpool.ErrLocked) {

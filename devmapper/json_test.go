@@ -16,7 +16,7 @@ func TestStatusJSON(t *testing.T) {
 	b, err := json.Marshal(st)
 	require.NoError(t, err)
 	assert.JSONEq(t, `{"mode":"rw","transaction_id":1,"used_metadata_blocks":141,"total_metadata":4096,
-		"used_data_blocks":3,"total_data_blocks":16384,"held_metadata_root":null,"discard_passdown":false,
+		"used_data_blocks":3,"total_data_blocks":16384,"held_metadata_root":null,"discard_passdown":false,"discard_ignored":false,
 		"no_space":"error_if_no_space","needs_check":true,"metadata_low_watermark":1024}`, string(b))
 	var back ThinPoolStatus
 	require.NoError(t, json.Unmarshal(b, &back))

@@ -62,6 +62,10 @@ type ThinPoolStatus struct {
 	NeedsCheck         bool          `json:"needs_check"`
 	// MetadataLowWatermark is 0 on kernels that do not print it.
 	MetadataLowWatermark uint64 `json:"metadata_low_watermark"`
+
+	// DiscardIgnored: the pool was made with ignore_discard (then
+	// DiscardPassdown is false too).
+	DiscardIgnored bool `json:"discard_ignored"`
 }
 
 // MetadataBlockSize is the thin pool metadata block size in bytes.
@@ -116,6 +120,9 @@ func ParseThinPoolStatus(s string) (ThinPoolStatus, error) {
 			st.DiscardPassdown = true
 		case a == "no_discard_passdown":
 			st.DiscardPassdown = false
+		case a == "ignore_discard":
+			st.DiscardPassdown = false
+			st.DiscardIgnored = true
 		case a == "error_if_no_space":
 			st.NoSpace = ErrorIfNoSpace
 		case a == "queue_if_no_space":

@@ -28,6 +28,11 @@ func TestParseThinPoolStatus(t *testing.T) {
 			ThinPoolStatus{Mode: PoolReadOnly, TransactionID: 3, UsedMetadataBlocks: 10, TotalMetadata: 4096,
 				UsedDataBlocks: 5, TotalDataBlocks: 16384, HeldMetadataRoot: &root, NoSpace: ErrorIfNoSpace,
 				NeedsCheck: true, MetadataLowWatermark: 1024}},
+		// A pool made with ignore_discard says so where the passdown
+		// goes (6.1's pool_status).
+		{"2 141/4096 0/16384 - rw ignore_discard error_if_no_space - 1024",
+			ThinPoolStatus{Mode: PoolReadWrite, TransactionID: 2, UsedMetadataBlocks: 141, TotalMetadata: 4096, TotalDataBlocks: 16384,
+				DiscardIgnored: true, NoSpace: ErrorIfNoSpace, MetadataLowWatermark: 1024}},
 		// Older kernels print neither needs_check nor the watermark.
 		{"1 10/4096 5/16384 - rw discard_passdown queue_if_no_space",
 			ThinPoolStatus{Mode: PoolReadWrite, TransactionID: 1, UsedMetadataBlocks: 10, TotalMetadata: 4096,

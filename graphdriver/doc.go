@@ -32,6 +32,14 @@
 //	mnt/<id>/                where layer id is mounted; Get returns
 //	                         mnt/<id>/rootfs, so lost+found is never seen
 //
+// A loopback pool can grow itself: dm.thinp_autoextend_threshold and
+// dm.thinp_autoextend_percent (Docker's names; it handed them to LVM) with
+// dm.loopdatasize_max and dm.loopmetadatasize_max make the driver grow the
+// sparse files when the pool fills up, up to the maximum and never past the
+// free space of their filesystem; past it, writes fail with ENOSPC at once.
+// dm.low_water_mark, dm.block_zeroing, dm.discards and dm.no_space set the
+// pool's table (refused with dm.thinpooldev, whose table is its maker's).
+//
 // Get mounts a layer on first use and counts references; Put unmounts at the
 // last one and deactivates the device. Remove refuses (ErrBusy) a layer
 // with a Get not yet Put: the engine Puts first. Calls for different layer

@@ -31,6 +31,23 @@ const (
 	maxLoopMetadataSize = 16 * units.GiB
 	// maxDMNameLen is DM_NAME_LEN, counting the terminating NUL.
 	maxDMNameLen = 128
+
+	// defaultBlockZeroing is dm.block_zeroing's default: the kernel's
+	// (zero each block when first provisioned).
+	defaultBlockZeroing = true
+)
+
+// The values of dm.discards (LVM's words for the same thin-pool features).
+const (
+	DiscardsPassdown   = "passdown"   // the pool frees blocks and passes discards down (the default)
+	DiscardsNoPassdown = "nopassdown" // the pool frees blocks; the data device is not told
+	DiscardsIgnore     = "ignore"     // the pool ignores discards
+)
+
+// The values of dm.no_space.
+const (
+	NoSpaceError = "error" // writes to a full pool fail with ENOSPC at once (the default)
+	NoSpaceQueue = "queue" // writes wait for space, up to the kernel's no_space_timeout (60 s)
 )
 
 // Config is the driver's configuration. ParseOptions fills it from Docker's
@@ -85,6 +102,52 @@ type Config struct {
 	// when Remove finds the device busy, mark it and delete it once closed
 	// (retried in the background and at the next Init) instead of failing.
 	DeferredDeletion bool
+
+	// The pool table's options. They apply to a pool the driver makes
+	// (loopback or dm.datadev); when its pool device exists already, Init
+	// reloads the table with them, except dm.discards=ignore, which the
+	// kernel cannot turn on or off on a live pool (Cleanup removes the
+	// pool; the next Init can). With dm.thinpooldev they are refused: that
+	// pool's table is its maker's (LVM: lvchange --zero, --discards,
+	// --errorwhenfull).
+
+	// LowWaterMark (dm.low_water_mark, a size): the pool raises an event
+	// when its free data space drops below it. 0 means 1% of the data
+	// space; with auto-extend it is derived from the threshold.
+	LowWaterMark int64
+	// BlockZeroing (dm.block_zeroing=true|false): zero each data block
+	// when first provisioned, so a new layer never reads what a deleted
+	// one left. nil means the default (on).
+	BlockZeroing *bool
+	// Discards (dm.discards): DiscardsPassdown, DiscardsNoPassdown or
+	// DiscardsIgnore; "" means passdown.
+	Discards string
+	// NoSpace (dm.no_space): what writes do when the pool is full,
+	// NoSpaceError or NoSpaceQueue; "" means error.
+	NoSpace string
+
+	// Auto-extend of the loopback pool, with Docker's names where they
+	// mean the same (Docker passed them to LVM): setting any of these four
+	// turns it on. The pool grows its data file (and its metadata file)
+	// by AutoExtendPercent of its size when AutoExtendThreshold percent of
+	// it is in use, up to LoopDataSizeMax (LoopMetadataSizeMax), and never
+	// past the free space of the filesystem holding it; each growth is
+	// logged. While it can grow, writes that find it full wait for the
+	// growth; at its maximum they fail with ENOSPC (see thinpool.AutoGrow).
+
+	// AutoExtendThreshold (dm.thinp_autoextend_threshold, e.g. "80" or
+	// "80%"): percent of space in use that triggers growth, 1 to 99;
+	// 0 means 80.
+	AutoExtendThreshold int
+	// AutoExtendPercent (dm.thinp_autoextend_percent): growth step in
+	// percent of the current size, 1 to 1000; 0 means 20.
+	AutoExtendPercent int
+	// LoopDataSizeMax (dm.loopdatasize_max): the data file never grows
+	// past it; 0 means only the filesystem's free space limits it.
+	LoopDataSizeMax int64
+	// LoopMetadataSizeMax (dm.loopmetadatasize_max): the metadata file
+	// never grows past it; 0 means the most a pool can use (16320MiB).
+	LoopMetadataSizeMax int64
 }
 
 // DefaultConfig returns the configuration Init uses when given no options.
@@ -98,8 +161,6 @@ var unsupported = map[string]string{
 	"dm.directlvm_device":             "dmthin does not manage LVM; make the pool and pass it with dm.thinpooldev or dm.datadev/dm.metadatadev",
 	"dm.thinp_percent":                "dmthin does not manage LVM",
 	"dm.thinp_metapercent":            "dmthin does not manage LVM",
-	"dm.thinp_autoextend_percent":     "dmthin does not manage LVM",
-	"dm.thinp_autoextend_threshold":   "dmthin does not manage LVM",
 	"dm.directlvm_device_force":       "dmthin does not manage LVM",
 	"dm.libdm_log_level":              "dmthin does not use libdevmapper",
 	"dm.xfs_nospace_max_retries":      "dmthin formats ext4 only",
@@ -151,6 +212,18 @@ func (c *Config) set(opt string) error {
 			return bad(errors.New("want true or false"))
 		}
 		*dst = b
+		return nil
+	}
+	// percent takes "80" or "80%", as Docker did.
+	percent := func(dst *int) error {
+		n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(val), "%"))
+		if err != nil {
+			return bad(errors.New("want a percentage such as 80 or 80%"))
+		}
+		if n <= 0 {
+			return bad(errors.New("must be positive"))
+		}
+		*dst = n
 		return nil
 	}
 	path := func(dst *string) error {
@@ -218,6 +291,37 @@ func (c *Config) set(opt string) error {
 		return boolean(&c.DeferredRemoval)
 	case "dm.use_deferred_deletion":
 		return boolean(&c.DeferredDeletion)
+	case "dm.low_water_mark":
+		return size(&c.LowWaterMark)
+	case "dm.block_zeroing":
+		var b bool
+		if err := boolean(&b); err != nil {
+			return err
+		}
+		c.BlockZeroing = &b
+		return nil
+	case "dm.discards":
+		switch v := strings.ToLower(strings.TrimSpace(val)); v {
+		case DiscardsPassdown, DiscardsNoPassdown, DiscardsIgnore:
+			c.Discards = v
+			return nil
+		}
+		return bad(fmt.Errorf("want %s, %s or %s", DiscardsPassdown, DiscardsNoPassdown, DiscardsIgnore))
+	case "dm.no_space":
+		switch v := strings.ToLower(strings.TrimSpace(val)); v {
+		case NoSpaceError, NoSpaceQueue:
+			c.NoSpace = v
+			return nil
+		}
+		return bad(fmt.Errorf("want %s or %s", NoSpaceError, NoSpaceQueue))
+	case "dm.thinp_autoextend_threshold":
+		return percent(&c.AutoExtendThreshold)
+	case "dm.thinp_autoextend_percent":
+		return percent(&c.AutoExtendPercent)
+	case "dm.loopdatasize_max":
+		return size(&c.LoopDataSizeMax)
+	case "dm.loopmetadatasize_max":
+		return size(&c.LoopMetadataSizeMax)
 	}
 	if why, ok := unsupported[key]; ok {
 		return fmt.Errorf("%w: %s is not supported: %s", ErrInvalidOptions, key, why)
@@ -292,7 +396,95 @@ func (c *Config) Validate() error {
 	if c.DeferredDeletion && !c.DeferredRemoval {
 		bad("dm.use_deferred_deletion=true needs dm.use_deferred_removal=true")
 	}
+	errs = append(errs, c.validatePool()...)
 	return errors.Join(errs...)
+}
+
+// validatePool checks the pool table and auto-extend options.
+func (c *Config) validatePool() []error {
+	var errs []error
+	bad := func(format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidOptions}, a...)...))
+	}
+	human := func(n int64) string { return units.BytesSize(float64(n)) }
+	if c.LowWaterMark < 0 {
+		bad("dm.low_water_mark %d: must be positive", c.LowWaterMark)
+	}
+	switch c.Discards {
+	case "", DiscardsPassdown, DiscardsNoPassdown, DiscardsIgnore:
+	default:
+		bad("dm.discards=%s: want %s, %s or %s", c.Discards, DiscardsPassdown, DiscardsNoPassdown, DiscardsIgnore)
+	}
+	switch c.NoSpace {
+	case "", NoSpaceError, NoSpaceQueue:
+	default:
+		bad("dm.no_space=%s: want %s or %s", c.NoSpace, NoSpaceError, NoSpaceQueue)
+	}
+	if c.external() {
+		for _, o := range []struct {
+			name, lvm string
+			set       bool
+		}{
+			{"dm.low_water_mark", "", c.LowWaterMark != 0},
+			{"dm.block_zeroing", " (LVM: lvchange --zero)", c.BlockZeroing != nil},
+			{"dm.discards", " (LVM: lvchange --discards)", c.Discards != ""},
+			{"dm.no_space", " (LVM: lvchange --errorwhenfull)", c.NoSpace != ""},
+		} {
+			if o.set {
+				bad("%s cannot be set with dm.thinpooldev: the pool's table is its maker's to change%s", o.name, o.lvm)
+			}
+		}
+	}
+	if !c.autoExtend() {
+		return errs
+	}
+	switch {
+	case c.external():
+		bad("dm.thinp_autoextend_* and dm.loop*size_max grow the loopback pool; with dm.thinpooldev grow the pool where it was made (LVM: thin_pool_autoextend_threshold)")
+	case !c.loopback():
+		bad("dm.thinp_autoextend_* and dm.loop*size_max grow the loopback pool; with dm.datadev grow the devices, then restart")
+	}
+	if t := c.AutoExtendThreshold; t < 0 || t > 99 {
+		bad("dm.thinp_autoextend_threshold %d%%: want 1%% to 99%%", t)
+	}
+	if p := c.AutoExtendPercent; p < 0 || p > thinpool.MaxAutoGrowStep {
+		bad("dm.thinp_autoextend_percent %d%%: want 1%% to %d%%", p, thinpool.MaxAutoGrowStep)
+	}
+	data := c.LoopDataSize
+	if data == 0 {
+		data = thinpool.DefaultLoopDataSize
+	}
+	if m := c.LoopDataSizeMax; m < 0 {
+		bad("dm.loopdatasize_max %d: must be positive", m)
+	} else if m != 0 && m < data {
+		bad("dm.loopdatasize_max %s is below dm.loopdatasize %s", human(m), human(data))
+	}
+	meta := c.LoopMetadataSize
+	if meta == 0 {
+		meta = thinpool.DefaultLoopMetadataSize
+	}
+	if m := c.LoopMetadataSizeMax; m < 0 || m > thinpool.MaxMetadataSize {
+		bad("dm.loopmetadatasize_max %s: want at most %s (what a thin pool can use)", human(m), human(thinpool.MaxMetadataSize))
+	} else if m != 0 && m < meta {
+		bad("dm.loopmetadatasize_max %s is below dm.loopmetadatasize %s", human(m), human(meta))
+	}
+	if c.LowWaterMark != 0 {
+		bad("dm.low_water_mark cannot be set with dm.thinp_autoextend_*: the threshold sets the low-water mark")
+	}
+	return errs
+}
+
+// autoExtend reports whether an auto-extend option is set.
+func (c *Config) autoExtend() bool {
+	return c.AutoExtendThreshold != 0 || c.AutoExtendPercent != 0 || c.LoopDataSizeMax != 0 || c.LoopMetadataSizeMax != 0
+}
+
+// blockZeroing resolves BlockZeroing's default.
+func (c *Config) blockZeroing() bool {
+	if c.BlockZeroing != nil {
+		return *c.BlockZeroing
+	}
+	return defaultBlockZeroing
 }
 
 // checkDevices checks, at Init, that dm.datadev and dm.metadatadev are
@@ -339,7 +531,7 @@ func (c *Config) blkDiscard() bool {
 
 // poolOptions is the thin pool the configuration asks for.
 func (c *Config) poolOptions(home string) thinpool.Options {
-	return thinpool.Options{
+	o := thinpool.Options{
 		Root:                home,
 		DataDevice:          c.DataDevice,
 		MetadataDevice:      c.MetadataDevice,
@@ -350,4 +542,21 @@ func (c *Config) poolOptions(home string) thinpool.Options {
 		BlockSize:           c.BlockSize,
 		MinFreeSpacePercent: c.MinFreeSpacePercent,
 	}
+	if c.external() {
+		return o // its table is not ours
+	}
+	o.LowWaterMark = c.LowWaterMark
+	o.SkipBlockZeroing = !c.blockZeroing()
+	o.IgnoreDiscard = c.Discards == DiscardsIgnore
+	o.NoDiscardPassdown = c.Discards == DiscardsNoPassdown
+	o.QueueIfNoSpace = c.NoSpace == NoSpaceQueue
+	if c.autoExtend() {
+		o.AutoGrow = &thinpool.AutoGrow{
+			ThresholdPercent: c.AutoExtendThreshold,
+			StepPercent:      c.AutoExtendPercent,
+			MaxDataSize:      c.LoopDataSizeMax,
+			MaxMetadataSize:  c.LoopMetadataSizeMax,
+		}
+	}
+	return o
 }

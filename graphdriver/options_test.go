@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dmthin/dmthin/internal/testenv"
+	"github.com/dmthin/dmthin/thinpool"
 )
 
 func TestParseOptionsDockerNames(t *testing.T) {
@@ -114,6 +115,7 @@ func TestParseOptionsErrorsNameTheOption(t *testing.T) {
 		{"dm.mountopt=a,,b", "dm.mountopt=a,,b"},
 		{"dm.datadev=", "dm.datadev="},
 		{"dm.directlvm_device=/dev/sdb", "dm.directlvm_device is not supported"},
+		{"dm.thinp_percent=95", "dm.thinp_percent is not supported"},
 		{"dm.override_udev_sync_check=true", "dm.override_udev_sync_check is not supported"},
 	}
 	for _, tc := range cases {
@@ -243,6 +245,24 @@ func TestOptionErrorsNameTheDMOption(t *testing.T) {
 		{[]string{"dm.use_deferred_removal=yes"}, "dm.use_deferred_removal"},
 		{[]string{"dm.use_deferred_deletion=true"}, "dm.use_deferred_deletion"},
 		{[]string{"dm.xfs_nospace_max_retries=1"}, "dm.xfs_nospace_max_retries"},
+		{[]string{"dm.low_water_mark=lots"}, "dm.low_water_mark"},
+		{[]string{"dm.block_zeroing=maybe"}, "dm.block_zeroing"},
+		{[]string{"dm.discards=some"}, "dm.discards"},
+		{[]string{"dm.no_space=wait"}, "dm.no_space"},
+		{[]string{"dm.thinp_autoextend_threshold=100"}, "dm.thinp_autoextend_threshold"},
+		{[]string{"dm.thinp_autoextend_threshold=x%"}, "dm.thinp_autoextend_threshold"},
+		{[]string{"dm.thinp_autoextend_percent=0"}, "dm.thinp_autoextend_percent"},
+		{[]string{"dm.thinp_autoextend_percent=5000"}, "dm.thinp_autoextend_percent"},
+		{[]string{"dm.loopdatasize=10G", "dm.loopdatasize_max=5G"}, "dm.loopdatasize_max"},
+		{[]string{"dm.loopmetadatasize_max=17G"}, "dm.loopmetadatasize_max"},
+		{[]string{"dm.loopmetadatasize_max=1M"}, "dm.loopmetadatasize_max"},
+		{[]string{"dm.thinpooldev=p", "dm.block_zeroing=false"}, "dm.block_zeroing"},
+		{[]string{"dm.thinpooldev=p", "dm.no_space=queue"}, "dm.no_space"},
+		{[]string{"dm.thinpooldev=p", "dm.discards=ignore"}, "dm.discards"},
+		{[]string{"dm.thinpooldev=p", "dm.low_water_mark=1G"}, "dm.low_water_mark"},
+		{[]string{"dm.thinpooldev=p", "dm.thinp_autoextend_threshold=80"}, "dm.thinp_autoextend"},
+		{[]string{"dm.datadev=/dev/vdb", "dm.metadatadev=/dev/vdc", "dm.loopdatasize_max=1T"}, "dm.loop"},
+		{[]string{"dm.thinp_autoextend_percent=10", "dm.low_water_mark=1G"}, "dm.low_water_mark"},
 		// Checked by Init (checkDevices), on the devices themselves.
 		{[]string{"dm.datadev=" + regular, "dm.metadatadev=/dev/null"}, "dm."},
 		{[]string{"dm.datadev=" + missing, "dm.metadatadev=" + missing}, "dm."},
@@ -372,4 +392,58 @@ func TestInitDataDevNotBlock(t *testing.T) {
 	assert.Contains(t, err.Error(), "dm.metadatadev="+file+": not a block device")
 	_, err = os.Stat(filepath.Join(dir, "home"))
 	assert.ErrorIs(t, err, os.ErrNotExist)
+}
+
+// The pool table and auto-extend options reach thinpool.Options; an
+// external pool gets none of them (its table is not ours).
+func TestPoolTableOptions(t *testing.T) {
+	c, err := ParseOptions([]string{
+		"dm.loopdatasize=1G",
+		"dm.low_water_mark=100M",
+		"dm.block_zeroing=false",
+		"dm.discards=NoPassdown",
+		"dm.no_space=queue",
+	})
+	require.NoError(t, err)
+	po := c.poolOptions("/h")
+	assert.Equal(t, int64(100*units.MiB), po.LowWaterMark)
+	assert.True(t, po.SkipBlockZeroing)
+	assert.False(t, po.IgnoreDiscard)
+	assert.True(t, po.NoDiscardPassdown)
+	assert.True(t, po.QueueIfNoSpace)
+	assert.Nil(t, po.AutoGrow)
+	assert.Equal(t, "off", c.autoExtendText())
+	require.NoError(t, po.Validate())
+
+	c, err = ParseOptions([]string{"dm.discards=ignore"})
+	require.NoError(t, err)
+	po = c.poolOptions("/h")
+	assert.True(t, po.IgnoreDiscard)
+	assert.False(t, po.SkipBlockZeroing, "zeroing is on by default")
+	assert.False(t, po.QueueIfNoSpace, "error is the default")
+
+	// Docker's autoextend names, "80" or "80%"; any of them turns it on.
+	c, err = ParseOptions([]string{"dm.loopdatasize=10G", "dm.thinp_autoextend_threshold=70%", "dm.thinp_autoextend_percent=25",
+		"dm.loopdatasize_max=100G", "dm.loopmetadatasize_max=4G"})
+	require.NoError(t, err)
+	po = c.poolOptions("/h")
+	require.NotNil(t, po.AutoGrow)
+	assert.Equal(t, thinpool.AutoGrow{ThresholdPercent: 70, StepPercent: 25, MaxDataSize: 100 * units.GiB, MaxMetadataSize: 4 * units.GiB}, *po.AutoGrow)
+	assert.Equal(t, "at 70% used, by 25%, data up to 100GiB", c.autoExtendText())
+	require.NoError(t, po.Validate())
+	c, err = ParseOptions([]string{"dm.loopdatasize=1G", "dm.loopdatasize_max=8G"})
+	require.NoError(t, err)
+	require.NotNil(t, c.poolOptions("/h").AutoGrow)
+	assert.Equal(t, "at 80% used, by 20%, data up to 8GiB", c.autoExtendText())
+	c, err = ParseOptions([]string{"dm.thinp_autoextend_threshold=90"})
+	require.NoError(t, err)
+	assert.Equal(t, "at 90% used, by 20%, data up to the filesystem's free space", c.autoExtendText())
+
+	// dm.thinpooldev: the free-space check applies, the table options are
+	// never passed (even their defaults).
+	c, err = ParseOptions([]string{"dm.thinpooldev=vg-pool", "dm.min_free_space=5%"})
+	require.NoError(t, err)
+	po = c.poolOptions("/h")
+	assert.False(t, po.SkipBlockZeroing || po.IgnoreDiscard || po.NoDiscardPassdown || po.QueueIfNoSpace || po.LowWaterMark != 0 || po.AutoGrow != nil)
+	require.NoError(t, po.Validate())
 }

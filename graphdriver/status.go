@@ -55,7 +55,36 @@ func (d *Driver) Status() [][2]string {
 		[2]string{"Deferred Deletion Enabled", yesNo(d.cfg.DeferredDeletion)},
 		[2]string{"Deferred Deleted Device Count", strconv.Itoa(pending)},
 		[2]string{"Discard On Removal", yesNo(d.cfg.blkDiscard())},
+		[2]string{"Pool No Space Policy", noSpace(s.ErrorIfNoSpace)},
+		[2]string{"Pool Auto-extend", d.cfg.autoExtendText()},
 	)
+}
+
+func noSpace(errorIfNoSpace bool) string {
+	if errorIfNoSpace {
+		return "error_if_no_space (writes to a full pool fail at once)"
+	}
+	return "queue_if_no_space (writes to a full pool wait for space)"
+}
+
+// autoExtendText describes the auto-extend options, defaults filled in.
+func (c *Config) autoExtendText() string {
+	if !c.autoExtend() {
+		return "off"
+	}
+	g := c.poolOptions("").AutoGrow
+	threshold, step := g.ThresholdPercent, g.StepPercent
+	if threshold == 0 {
+		threshold = thinpool.DefaultAutoGrowThreshold
+	}
+	if step == 0 {
+		step = thinpool.DefaultAutoGrowStep
+	}
+	limit := "the filesystem's free space"
+	if g.MaxDataSize != 0 {
+		limit = units.BytesSize(float64(g.MaxDataSize))
+	}
+	return fmt.Sprintf("at %d%% used, by %d%%, data up to %s", threshold, step, limit)
 }
 
 // PoolStatus is the thin pool's status in numbers (bytes of data and

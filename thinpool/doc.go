@@ -33,6 +33,12 @@
 // unreadable store fail it. Device-mapper devices carrying the pool's
 // prefix that no record explains are removed.
 //
+// The pool's table (low-water mark, block zeroing, discards, what writes do
+// when it is full) follows Options; Open reloads an existing pool device
+// whose table differs. A loopback pool with Options.AutoGrow grows its own
+// files while it is open, on the kernel's low-water event, up to a maximum
+// and within the free space of the filesystem holding them (autogrow.go).
+//
 // It is not for: filesystems (see ext4), layers (see graphdriver), or
 // sharing one pool between processes at the same time (a lock file under
 // Root refuses a second opener).

@@ -37,7 +37,10 @@ type Options struct {
 	// even if they hold a signature (their contents are lost).
 	ForceDevices bool
 	// PoolDevice: use this existing thin-pool device-mapper device. It is
-	// never reloaded, grown or removed.
+	// never reloaded, grown or removed, so the options of its table
+	// (LowWaterMark, SkipBlockZeroing, IgnoreDiscard, NoDiscardPassdown,
+	// QueueIfNoSpace) and AutoGrow are refused with it: they belong to
+	// whoever made the pool.
 	PoolDevice string
 
 	// LoopDataSize and LoopMetadataSize size the sparse loopback files.
@@ -46,17 +49,35 @@ type Options struct {
 	// BlockSize is the pool's data block size in bytes: a multiple of 64K
 	// between 64K and 1G.
 	BlockSize int64
+	// The options below are the pool table's (see the kernel's
+	// thin-provisioning.rst). When the pool device exists already, Open
+	// reloads its table if they changed, except IgnoreDiscard, which the
+	// kernel cannot change while the pool device exists.
+
 	// LowWaterMark in bytes of free data space: the pool raises an event
 	// when free space drops below it. 0 means 1% of the data device.
+	// With AutoGrow it is derived from AutoGrow.ThresholdPercent and must
+	// stay 0.
 	LowWaterMark int64
 	// SkipBlockZeroing: do not zero newly provisioned blocks (faster
 	// first writes, but a new device may read stale data of deleted ones).
 	SkipBlockZeroing bool
-	// NoDiscardPassdown: do not pass discards down to the data device.
+	// IgnoreDiscard: the pool ignores discards (no space is given back
+	// when files or devices are deleted); implies no passdown.
+	IgnoreDiscard bool
+	// NoDiscardPassdown: the pool frees its blocks on a discard but does
+	// not pass the discard down to the data device (a loopback file then
+	// keeps its allocated space).
 	NoDiscardPassdown bool
 	// QueueIfNoSpace: queue writes when the pool is full instead of failing
-	// them with ENOSPC (the default is to fail).
+	// them with ENOSPC (the default is to fail). The kernel fails queued
+	// writes after its no_space_timeout (60 s by default).
 	QueueIfNoSpace bool
+
+	// AutoGrow, when set, makes a loopback pool grow its files while it is
+	// open (see AutoGrow). Nil: the files keep their size unless Grow is
+	// called.
+	AutoGrow *AutoGrow
 	// MinFreeSpacePercent of data and metadata space that must stay free
 	// for a new device to be created. Nil means 10; 0 disables the check.
 	MinFreeSpacePercent *int
@@ -111,6 +132,23 @@ func (o *Options) Validate() error {
 	}
 	if o.LowWaterMark < 0 {
 		bad("LowWaterMark %d is negative", o.LowWaterMark)
+	}
+	if o.source() == "external" {
+		for _, f := range []struct {
+			name string
+			set  bool
+		}{
+			{"LowWaterMark", o.LowWaterMark != 0}, {"SkipBlockZeroing", o.SkipBlockZeroing},
+			{"IgnoreDiscard", o.IgnoreDiscard}, {"NoDiscardPassdown", o.NoDiscardPassdown},
+			{"QueueIfNoSpace", o.QueueIfNoSpace}, {"AutoGrow", o.AutoGrow != nil},
+		} {
+			if f.set {
+				bad("%s cannot be set with PoolDevice: the pool's table is its maker's to change", f.name)
+			}
+		}
+	}
+	if g := o.AutoGrow; g != nil {
+		errs = append(errs, g.validate(o)...)
 	}
 	if p := o.MinFreeSpacePercent; p != nil && (*p < 0 || *p > 99) {
 		bad("MinFreeSpacePercent %d: want 0 to 99", *p)

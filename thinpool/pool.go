@@ -44,6 +44,9 @@ type Pool struct {
 
 	locks keyedmutex.Map
 
+	// grow is the AutoGrow loop's state; nil without AutoGrow.
+	grow *autoGrower
+
 	// pending names the records recovery found waiting for deletion.
 	pending []string
 	// strays are dm devices of the pool that recovery could neither remove
@@ -88,6 +91,9 @@ func Open(ctx context.Context, opts Options) (_ *Pool, err error) {
 		return nil, fmt.Errorf("thinpool: root: %w", err)
 	}
 	p := &Pool{opts: opts, log: opts.Logger.WithField("pool-root", root), closing: make(chan struct{})}
+	if opts.AutoGrow != nil && opts.source() == "loopback" {
+		p.grow = &autoGrower{cfg: opts.AutoGrow.withDefaults(), interval: autoGrowInterval}
+	}
 	var cleanup []func() error
 	defer func() {
 		if err != nil {
@@ -135,6 +141,9 @@ func Open(ctx context.Context, opts Options) (_ *Pool, err error) {
 	}
 	if err := p.processNames(ctx, p.pending); err != nil {
 		p.log.WithError(err).Warn("deferred deletions still pending")
+	}
+	if p.grow != nil {
+		p.startAutoGrow()
 	}
 	return p, nil
 }
@@ -195,15 +204,19 @@ func (p *Pool) enter() (func(), error) {
 
 // Close releases the store and file handles. Active devices, the pool and
 // its loop devices stay, for the next Open to find.
+//
+// With AutoGrow, the growth loop ends first, and a pool table that queues
+// writes while waiting for growth is switched to error_if_no_space.
 func (p *Pool) Close() error {
 	p.closeOnce.Do(func() { close(p.closing) })
+	growErr := p.stopAutoGrow(true)
 	p.closeMu.Lock()
 	defer p.closeMu.Unlock()
 	if p.closed {
 		return nil
 	}
 	p.closed = true
-	var errs []error
+	errs := []error{growErr}
 	for _, l := range []*loopback.Device{p.dataLoop, p.metaLoop} {
 		if l != nil {
 			errs = append(errs, l.Close())
@@ -217,6 +230,9 @@ func (p *Pool) Close() error {
 // external, removes the pool device and detaches its loop devices; then
 // closes. Records stay: the next Open brings everything back.
 func (p *Pool) Shutdown(ctx context.Context) error {
+	if err := p.stopAutoGrow(false); err != nil {
+		return err
+	}
 	done, err := p.enter()
 	if err != nil {
 		return err
@@ -234,6 +250,10 @@ func (p *Pool) Shutdown(ctx context.Context) error {
 	if !p.external && len(errs) == 0 {
 		if err := p.removeDM(ctx, p.name, false); err != nil {
 			errs = append(errs, fmt.Errorf("remove pool: %w", err))
+		} else {
+			p.msgMu.Lock()
+			p.poolGoneLocked()
+			p.msgMu.Unlock()
 		}
 		for _, l := range []*loopback.Device{p.dataLoop, p.metaLoop} {
 			if l != nil {

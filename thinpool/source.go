@@ -46,6 +46,11 @@ func (p *Pool) useLoopback(isNew bool, cleanup *[]func() error) error {
 		return err
 	}
 	*cleanup = append(*cleanup, p.metaLoop.Close)
+	if p.grow != nil {
+		if err := p.initGrowState(); err != nil {
+			return err
+		}
+	}
 	// Files may have grown since the loop devices were bound.
 	for _, l := range []*loopback.Device{p.dataLoop, p.metaLoop} {
 		if err := l.SetCapacity(); err != nil {
@@ -179,13 +184,13 @@ func (p *Pool) useExternal(isNew bool) error {
 }
 
 // ensurePool creates the pool device over md and dd unless it exists, in
-// which case its table must name the same devices.
+// which case its table must name the same devices; it is reloaded when the
+// data device grew or the options ask for another table.
 func (p *Pool) ensurePool(md, dd devmapper.Dev) error {
 	dataSize, err := devSize(dd)
 	if err != nil {
 		return err
 	}
-	want := p.poolTable(md, dd, dataSize)
 	info, err := p.dm.Info(p.name)
 	switch {
 	case err == nil && info.LiveTable:
@@ -193,20 +198,30 @@ func (p *Pool) ensurePool(md, dd devmapper.Dev) error {
 		if err != nil {
 			return err
 		}
-		cur, ok := tab[0].Params.(devmapper.ThinPoolParams)
-		if len(tab) != 1 || !ok || cur.Data != dd || cur.Metadata != md {
+		var cur devmapper.ThinPoolParams
+		ok := len(tab) == 1
+		if ok {
+			cur, ok = tab[0].Params.(devmapper.ThinPoolParams)
+		}
+		if !ok || cur.Data != dd || cur.Metadata != md {
 			return fmt.Errorf("thinpool: existing %q maps %v, not data %s metadata %s", p.name, tab, dd, md)
 		}
 		p.dev, p.blockSize = info.Dev, cur.BlockSize
 		if cur.BlockSize.Bytes() != uint64(p.opts.BlockSize) {
 			p.log.WithField("blocksize", cur.BlockSize.Bytes()).Warn("pool exists with another block size; keeping it")
 		}
-		if tab.Length() < want[0].Length {
-			// The data device grew while we were away.
-			want[0].Params = withBlockSize(want[0].Params, cur.BlockSize)
+		want := p.poolTable(md, dd, dataSize, cur.BlockSize)
+		wantParams := want[0].Params.(devmapper.ThinPoolParams)
+		if cur.Features.IgnoreDiscard != wantParams.Features.IgnoreDiscard {
+			return fmt.Errorf("%w: IgnoreDiscard=%t, but the pool device %q exists with IgnoreDiscard=%t, which the kernel cannot change while it exists: shut the pool down (Shutdown) first",
+				ErrInvalidOptions, p.opts.IgnoreDiscard, p.name, cur.Features.IgnoreDiscard)
+		}
+		// The data device grew while we were away, or the options changed.
+		if tab.Length() < want[0].Length || cur != wantParams {
 			if err := p.reload(p.name, want); err != nil {
-				return fmt.Errorf("thinpool: grow %q: %w", p.name, err)
+				return fmt.Errorf("thinpool: reload %q: %w", p.name, err)
 			}
+			p.log.WithFields(map[string]any{"pool": p.name, "from": tab.String(), "to": want.String()}).Info("thin pool table reloaded")
 		}
 		_, err = p.dm.EnsureNode(p.name)
 		return err
@@ -218,23 +233,19 @@ func (p *Pool) ensurePool(md, dd devmapper.Dev) error {
 	case !devmapper.IsNotFound(err):
 		return err
 	}
-	if bs := p.storedBlockSize(); bs != 0 {
-		want[0].Params = withBlockSize(want[0].Params, bs)
+	bs := devmapper.Sectors(p.opts.BlockSize / devmapper.SectorSize)
+	if stored := p.storedBlockSize(); stored != 0 {
+		bs = stored
 	}
+	want := p.poolTable(md, dd, dataSize, bs)
 	info, err = p.dm.Activate(p.name, "", want, false)
 	if err != nil {
 		return fmt.Errorf("thinpool: create pool %q: %w", p.name, err)
 	}
 	p.dev = info.Dev
-	p.blockSize = want[0].Params.(devmapper.ThinPoolParams).BlockSize
+	p.blockSize = bs
 	p.log.WithFields(map[string]any{"pool": p.name, "data": dd, "metadata": md}).Info("thin pool created")
 	return nil
-}
-
-func withBlockSize(tp devmapper.TargetParams, bs devmapper.Sectors) devmapper.TargetParams {
-	t := tp.(devmapper.ThinPoolParams)
-	t.BlockSize = bs
-	return t
 }
 
 func (p *Pool) storedBlockSize() devmapper.Sectors {
@@ -246,11 +257,15 @@ func (p *Pool) storedBlockSize() devmapper.Sectors {
 	return devmapper.Sectors(v / devmapper.SectorSize)
 }
 
-func (p *Pool) poolTable(md, dd devmapper.Dev, dataSize int64) devmapper.Table {
-	bs := devmapper.Sectors(p.opts.BlockSize / devmapper.SectorSize)
+// poolTable is the pool's table over md and dd, with block size bs.
+func (p *Pool) poolTable(md, dd devmapper.Dev, dataSize int64, bs devmapper.Sectors) devmapper.Table {
 	blocks := uint64(dataSize) / bs.Bytes()
 	lwm := uint64(p.opts.LowWaterMark) / bs.Bytes()
-	if p.opts.LowWaterMark == 0 {
+	switch {
+	case p.grow != nil:
+		// The event that makes the pool grow.
+		lwm = blocks * uint64(100-p.grow.cfg.ThresholdPercent) / 100
+	case p.opts.LowWaterMark == 0:
 		lwm = blocks / 100
 	}
 	length := devmapper.Sectors(uint64(dataSize) / devmapper.SectorSize)
@@ -259,13 +274,21 @@ func (p *Pool) poolTable(md, dd devmapper.Dev, dataSize int64) devmapper.Table {
 		Length: length,
 		Params: devmapper.ThinPoolParams{
 			Metadata: md, Data: dd, BlockSize: bs, LowWaterMark: lwm,
-			Features: devmapper.ThinPoolFeatures{
-				SkipBlockZeroing:  p.opts.SkipBlockZeroing,
-				NoDiscardPassdown: p.opts.NoDiscardPassdown,
-				ErrorIfNoSpace:    !p.opts.QueueIfNoSpace,
-			},
+			Features: p.features(),
 		},
 	}}
+}
+
+// features are the pool table's feature arguments: the options', with
+// the no-space policy AutoGrow needs while the pool can grow.
+func (p *Pool) features() devmapper.ThinPoolFeatures {
+	queue := p.opts.QueueIfNoSpace || p.grow != nil && p.grow.queue
+	return devmapper.ThinPoolFeatures{
+		SkipBlockZeroing:  p.opts.SkipBlockZeroing,
+		IgnoreDiscard:     p.opts.IgnoreDiscard,
+		NoDiscardPassdown: p.opts.NoDiscardPassdown,
+		ErrorIfNoSpace:    !queue,
+	}
 }
 
 // devSize returns the size in bytes of the block device dev.

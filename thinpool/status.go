@@ -46,6 +46,11 @@ type Status struct {
 	MinFreeSpacePercent int    `json:"min_free_space_percent"`
 	// EventNr is the pool device's event counter, for WaitEvent.
 	EventNr uint32 `json:"event_nr"`
+
+	// ErrorIfNoSpace: writes that find the pool full fail with ENOSPC at
+	// once; otherwise the kernel queues them (see Options.QueueIfNoSpace
+	// and AutoGrow).
+	ErrorIfNoSpace bool `json:"error_if_no_space"`
 }
 
 // FaultyDevice is a device Open could not settle.
@@ -109,6 +114,7 @@ func (p *Pool) spaceStatus() (Status, error) {
 		MetadataUsed:        int64(ps.UsedMetadataBlocks) * devmapper.MetadataBlockSize,
 		MetadataTotal:       int64(ps.TotalMetadata) * devmapper.MetadataBlockSize,
 	}
+	s.ErrorIfNoSpace = ps.NoSpace == devmapper.ErrorIfNoSpace
 	s.DataAvailable = s.DataTotal - s.DataUsed
 	s.MetadataAvailable = s.MetadataTotal - s.MetadataUsed
 	if p.dataLoop != nil {
@@ -132,7 +138,8 @@ func fsFree(dir string) (int64, error) {
 }
 
 // checkSpace refuses new devices when free data or metadata space is below
-// the minimum, or the pool is not writable.
+// the minimum (data: unless AutoGrow can still grow the pool), or the pool
+// is not writable.
 func (p *Pool) checkSpace() error {
 	s, err := p.spaceStatus()
 	if err != nil {
@@ -149,7 +156,8 @@ func (p *Pool) checkSpace() error {
 	if pct == 0 {
 		return nil
 	}
-	if min := s.DataTotal * pct / 100; s.DataAvailable < min {
+	// A pool that grows itself gets its free space back by growing.
+	if min := s.DataTotal * pct / 100; s.DataAvailable < min && !p.canGrow() {
 		return &SpaceError{What: "data", Free: s.DataAvailable, Total: s.DataTotal, MinFree: min}
 	}
 	if min := s.MetadataTotal * pct / 100; s.MetadataAvailable < min {
@@ -176,46 +184,64 @@ func (p *Pool) Grow(ctx context.Context, dataSize, metadataSize int64) error {
 	}
 	p.msgMu.Lock()
 	defer p.msgMu.Unlock()
-	if p.dataLoop != nil {
-		for _, f := range []struct {
-			path string
-			size int64
-			loop *loopback.Device
-		}{{p.dataPath, dataSize, p.dataLoop}, {p.metaPath, metadataSize, p.metaLoop}} {
-			if f.size == 0 {
-				continue
-			}
-			st, err := os.Stat(f.path)
-			if err != nil {
-				return fmt.Errorf("thinpool: grow: %w", err)
-			}
-			if f.size < st.Size() {
-				return fmt.Errorf("thinpool: grow %s to %d bytes: it has %d, shrinking is not supported", f.path, f.size, st.Size())
-			}
-			if err := loopback.CreateSparse(f.path, f.size); err != nil {
-				return fmt.Errorf("thinpool: grow: %w", err)
-			}
-			if err := f.loop.SetCapacity(); err != nil {
-				return fmt.Errorf("thinpool: grow: %w", err)
-			}
+	if err := p.growFilesLocked(dataSize, metadataSize); err != nil {
+		return err
+	}
+	return p.reloadPoolLocked()
+}
+
+// growFilesLocked grows the loopback files to dataSize and metadataSize (0
+// keeps a size; shrinking is refused) and tells their loop devices. The
+// caller holds msgMu and reloads the pool's table after.
+func (p *Pool) growFilesLocked(dataSize, metadataSize int64) error {
+	for _, f := range []struct {
+		path string
+		size int64
+		loop *loopback.Device
+	}{{p.dataPath, dataSize, p.dataLoop}, {p.metaPath, metadataSize, p.metaLoop}} {
+		if f.size == 0 {
+			continue
+		}
+		st, err := os.Stat(f.path)
+		if err != nil {
+			return fmt.Errorf("thinpool: grow: %w", err)
+		}
+		if f.size < st.Size() {
+			return fmt.Errorf("thinpool: grow %s to %d bytes: it has %d, shrinking is not supported", f.path, f.size, st.Size())
+		}
+		if err := loopback.CreateSparse(f.path, f.size); err != nil {
+			return fmt.Errorf("thinpool: grow: %w", err)
+		}
+		if err := f.loop.SetCapacity(); err != nil {
+			return fmt.Errorf("thinpool: grow: %w", err)
 		}
 	}
+	return nil
+}
+
+// reloadPoolLocked reloads the pool's table as the options and the data
+// device's size call for, keeping its devices and block size: the one way
+// the pool's table changes after it is made (growth, the no-space policy of
+// AutoGrow). The caller holds msgMu.
+func (p *Pool) reloadPoolLocked() error {
 	tab, err := p.dm.Table(p.name)
 	if err != nil {
 		return err
 	}
+	if len(tab) != 1 {
+		return fmt.Errorf("thinpool: %q has an unexpected table %v", p.name, tab)
+	}
 	cur, ok := tab[0].Params.(devmapper.ThinPoolParams)
-	if len(tab) != 1 || !ok {
+	if !ok {
 		return fmt.Errorf("thinpool: %q has an unexpected table %v", p.name, tab)
 	}
 	size, err := devSize(cur.Data)
 	if err != nil {
 		return err
 	}
-	want := p.poolTable(cur.Metadata, cur.Data, size)
-	want[0].Params = withBlockSize(want[0].Params, cur.BlockSize)
+	want := p.poolTable(cur.Metadata, cur.Data, size, cur.BlockSize)
 	if err := p.reload(p.name, want); err != nil {
-		return fmt.Errorf("thinpool: grow: %w", err)
+		return fmt.Errorf("thinpool: reload %q: %w", p.name, err)
 	}
 	return nil
 }
