@@ -33,6 +33,10 @@ loopback_data_size = "200GB"
 pool_name = "containerd-pool"
 base_image_size = "10GB"`))
 	require.NoError(t, err)
+
+	c, err = ParseConfig([]byte("root_path = \"/r\"\nfs_type = \"xfs\"\nbase_image_size = \"300MB\""))
+	require.NoError(t, err)
+	require.Equal(t, "xfs", c.FsType)
 }
 
 func TestParseConfigErrors(t *testing.T) {
@@ -50,6 +54,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"pool path", "root_path = \"/r\"\npool_name = \"/dev/mapper/p\"", []string{"pool_name", "without /dev/mapper/"}},
 		{"wrong type", "root_path = 7", []string{"root_path"}},
 		{"not toml", "root_path = ", []string{"line 1"}},
+		{"xfs base too small", "root_path = \"/r\"\nfs_type = \"xfs\"\nbase_image_size = \"256MB\"", []string{"base_image_size", "xfs needs at least 300MiB"}},
 		{"every problem at once", "fs_type = \"zfs\"\nbase_image_size = \"x\"", []string{"root_path is required", "fs_type", "base_image_size"}},
 	}
 	for _, c := range cases {
