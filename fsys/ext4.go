@@ -36,13 +36,7 @@ func (ext4FS) Identify(device string) (Identity, error) {
 	if err != nil {
 		return Identity{}, err
 	}
-	size, err := deviceSize(device)
-	if err != nil {
-		return Identity{}, err
-	}
-	// resize2fs fills the device's whole blocks.
-	full := sb.Size() >= uint64(size)/uint64(sb.BlockSize)*uint64(sb.BlockSize)
-	return Identity{UUID: sb.UUIDString(), Size: int64(sb.Size()), Full: full}, nil
+	return Identity{UUID: sb.UUIDString(), Size: int64(sb.Size())}, nil
 }
 
 // Grow runs resize2fs on the device; with the filesystem mounted the kernel

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"strings"
 )
 
@@ -61,9 +59,6 @@ type Filesystem interface {
 type Identity struct {
 	UUID string // as blkid prints it
 	Size int64  // bytes the filesystem spans
-	// Full: the filesystem already spans as much of its device as Grow
-	// would make it span.
-	Full bool
 }
 
 // Options tune a Filesystem.
@@ -102,18 +97,4 @@ func JoinMountData(data ...string) string {
 		}
 	}
 	return strings.Join(parts, ",")
-}
-
-// deviceSize is the size of a block device or regular file, in bytes.
-func deviceSize(path string) (int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	n, err := f.Seek(0, io.SeekEnd)
-	if err != nil {
-		return 0, fmt.Errorf("size of %s: %w", path, err)
-	}
-	return n, nil
 }

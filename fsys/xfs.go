@@ -36,11 +36,7 @@ func (xfsFS) Identify(device string) (Identity, error) {
 	if err != nil {
 		return Identity{}, err
 	}
-	size, err := deviceSize(device)
-	if err != nil {
-		return Identity{}, err
-	}
-	return Identity{UUID: sb.UUIDString(), Size: int64(sb.Size()), Full: sb.GrowsTo(size) <= sb.Size()}, nil
+	return Identity{UUID: sb.UUIDString(), Size: int64(sb.Size())}, nil
 }
 
 // Grow runs xfs_growfs on the mount point: XFS grows only while mounted.

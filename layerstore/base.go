@@ -24,6 +24,12 @@ const baseRecordFile = "base.json"
 type baseRecord struct {
 	Filesystem string `json:"filesystem"`
 	UUID       string `json:"uuid"`
+	// FilledSize is the size of the base device, in bytes, that the
+	// filesystem was made or last grown to fill. When the device is
+	// bigger (dm.basesize grew it, maybe in a run killed before the
+	// filesystem followed) the filesystem is grown. 0 in records written
+	// before it existed: grown once (a no-op if it was full) and recorded.
+	FilledSize int64 `json:"filled_size,omitempty"`
 }
 
 func (s *Store) baseRecordPath() string { return filepath.Join(s.root, baseRecordFile) }
@@ -208,7 +214,7 @@ func (s *Store) createBase(ctx context.Context) (err error) {
 	if err := errors.Join(err, s.pool.Deactivate(ctx, baseDevice, false)); err != nil {
 		return fmt.Errorf("layerstore: base device: %w", err)
 	}
-	if err := s.writeBaseRecord(baseRecord{Filesystem: s.opts.Filesystem, UUID: id.UUID}); err != nil {
+	if err := s.writeBaseRecord(baseRecord{Filesystem: s.opts.Filesystem, UUID: id.UUID, FilledSize: size}); err != nil {
 		return err
 	}
 	s.step(StepBaseRecorded)
@@ -248,15 +254,20 @@ func (s *Store) verifyBase(ctx context.Context, rec *baseRecord, base thinpool.D
 		}
 		s.step(StepBaseResized)
 		s.baseSize = s.opts.BaseSize
-		if id, err = s.fs.Identify(node); err != nil {
-			return fmt.Errorf("layerstore: base device: %w", err)
-		}
 	}
-	// Not full: just grown, or a grow was cut short.
-	if !id.Full {
-		s.log.WithFields(logrus.Fields{"from": units.BytesSize(float64(id.Size)), "to": units.BytesSize(float64(s.baseSize))}).Info("growing the base filesystem")
+	// Grown just now, or by a run killed before the filesystem followed.
+	// Whether a grow would add anything depends on each filesystem's
+	// rounding (a last group or allocation group too small to add is left
+	// out), so the record says what size the filesystem was grown for.
+	if rec.FilledSize != s.baseSize {
+		s.log.WithFields(logrus.Fields{"from": units.BytesSize(float64(id.Size)), "device": units.BytesSize(float64(s.baseSize))}).Info("growing the base filesystem")
 		if err := s.withBaseMounted(node, func(mp string) error { return s.fs.Grow(ctx, node, mp) }); err != nil {
 			return fmt.Errorf("layerstore: grow base filesystem: %w", err)
+		}
+		grown := *rec
+		grown.FilledSize = s.baseSize
+		if err := s.writeBaseRecord(grown); err != nil {
+			return err
 		}
 	}
 	return nil
