@@ -11,6 +11,7 @@ import (
 	"github.com/docker/go-units"
 	"github.com/pelletier/go-toml/v2"
 
+	"github.com/dmthin/dmthin/fsys"
 	"github.com/dmthin/dmthin/thinpool"
 )
 
@@ -34,7 +35,8 @@ type Config struct {
 	// DiscardBlocks: discard a device's blocks before deleting it, so a
 	// loopback file gives the space back to its filesystem.
 	DiscardBlocks bool `toml:"discard_blocks"`
-	// FsType is the snapshots' filesystem: "ext4" (the default).
+	// FsType is the snapshots' filesystem: "ext4" (the default) or "xfs"
+	// (a base_image_size of at least 300MiB; mounts carry "nouuid").
 	FsType string `toml:"fs_type"`
 	// FsOptions are extra mkfs arguments for the base filesystem, split on
 	// white space.
@@ -167,16 +169,16 @@ func (c Config) autoGrow(s sizes) *thinpool.AutoGrow {
 
 // Validate reports every problem at once, each naming its key.
 func (c Config) Validate() error {
-	_, errs := c.sizes()
+	sz, errs := c.sizes()
 	if c.RootPath == "" {
 		errs = append(errs, errors.New("root_path is required"))
 	} else if !filepath.IsAbs(c.RootPath) {
 		errs = append(errs, fmt.Errorf("root_path = %q: want an absolute path", c.RootPath))
 	}
-	switch c.FsType {
-	case "", "ext4":
-	default:
-		errs = append(errs, fmt.Errorf("fs_type = %q: this snapshotter supports \"ext4\"", c.FsType))
+	if fs, err := fsys.New(c.FsType, fsys.Options{}); err != nil {
+		errs = append(errs, fmt.Errorf("fs_type = %q: %w", c.FsType, err))
+	} else if sz.base > 0 && sz.base < fs.MinSize() {
+		errs = append(errs, fmt.Errorf("base_image_size = %q: %s needs at least %s", c.BaseImageSize, fs.Type(), units.BytesSize(float64(fs.MinSize()))))
 	}
 	if c.PoolName != "" && (c.LoopbackDataSize != "" || c.LoopbackMetadataSize != "") {
 		errs = append(errs, errors.New("loopback_data_size and loopback_metadata_size size the snapshotter's own pool; they cannot go with pool_name"))

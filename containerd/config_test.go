@@ -35,6 +35,10 @@ loopback_data_size = "200GB"
 pool_name = "containerd-pool"
 base_image_size = "10GB"`))
 	require.NoError(t, err)
+
+	c, err = ParseConfig([]byte("root_path = \"/r\"\nfs_type = \"xfs\"\nbase_image_size = \"300MB\""))
+	require.NoError(t, err)
+	require.Equal(t, "xfs", c.FsType)
 }
 
 func TestParseConfigAutoextend(t *testing.T) {
@@ -83,6 +87,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"max below size", "root_path = \"/r\"\nloopback_data_size = \"10G\"\nloopback_data_size_max = \"5G\"", []string{"loopback_data_size_max", "below"}},
 		{"bad max", "root_path = \"/r\"\nloopback_metadata_size_max = \"lots\"", []string{"loopback_metadata_size_max"}},
 		{"metadata max too big", "root_path = \"/r\"\nloopback_metadata_size_max = \"17G\"", []string{"loopback_metadata_size_max", "16320MiB"}},
+		{"xfs base too small", "root_path = \"/r\"\nfs_type = \"xfs\"\nbase_image_size = \"256MB\"", []string{"base_image_size", "xfs needs at least 300MiB"}},
 		{"every problem at once", "fs_type = \"zfs\"\nbase_image_size = \"x\"", []string{"root_path is required", "fs_type", "base_image_size"}},
 	}
 	for _, c := range cases {

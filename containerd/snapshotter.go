@@ -91,11 +91,12 @@ func open(ctx context.Context, cfg Config, log logrus.FieldLogger, hook func(str
 	}
 	sz, _ := cfg.sizes()
 	opts := layerstore.Options{
-		Root:     cfg.RootPath,
-		BaseSize: sz.base,
-		Discard:  cfg.DiscardBlocks,
-		Logger:   log.WithField("snapshotter", "dmthin"),
-		StepHook: hook,
+		Root:       cfg.RootPath,
+		BaseSize:   sz.base,
+		Filesystem: cfg.FsType,
+		Discard:    cfg.DiscardBlocks,
+		Logger:     log.WithField("snapshotter", "dmthin"),
+		StepHook:   hook,
 		Pool: thinpool.Options{
 			Root:       filepath.Join(cfg.RootPath, "pool"),
 			PoolDevice: cfg.PoolName,
@@ -336,6 +337,10 @@ func (s *Snapshotter) mounts(ctx context.Context, e *entry) ([]mount.Mount, erro
 		return nil, fmt.Errorf("snapshot %q: %w", e.info.Name, err)
 	}
 	opts := []string{}
+	if data := s.ls.MountData(); data != "" {
+		// xfs: every snapshot carries its parent's UUID.
+		opts = append(opts, strings.Split(data, ",")...)
+	}
 	if e.info.Kind == snapshots.KindView {
 		// Mounted read-only. Its device is a snapshot of its own, so a
 		// journal left to replay is replayed there, never in the parent.

@@ -2,8 +2,8 @@ package ext4
 
 import (
 	"errors"
-	"fmt"
-	"strings"
+
+	"github.com/dmthin/dmthin/internal/toolexec"
 )
 
 // Sentinel errors. Test for them with errors.Is; the errors returned wrap
@@ -28,53 +28,10 @@ var (
 
 // ToolMissingError names the e2fsprogs program that could not be found.
 // errors.Is(err, ErrToolMissing) is true for it.
-type ToolMissingError struct {
-	Tool     string   // e.g. "mkfs.ext4"
-	Searched []string // directories tried besides $PATH
-}
-
-func (e *ToolMissingError) Error() string {
-	where := "PATH"
-	if len(e.Searched) > 0 {
-		where += ", " + strings.Join(e.Searched, ", ")
-	}
-	return fmt.Sprintf("%s not found in %s: install the e2fsprogs package", e.Tool, where)
-}
-
-// Is makes errors.Is(err, ErrToolMissing) true.
-func (e *ToolMissingError) Is(target error) bool { return target == ErrToolMissing }
+type ToolMissingError = toolexec.ToolMissingError
 
 // ExecError is a failed run of an external program: its command line, how it
 // ended and what it printed. Err is the context's error when the run was
 // cancelled (so errors.Is(err, context.Canceled) works), otherwise the error
 // from os/exec (an *exec.ExitError for a non-zero exit).
-type ExecError struct {
-	Args     []string // command line; Args[0] is the resolved path of the program
-	ExitCode int      // exit status, or -1 if it did not exit by itself (signal, cancellation, not started)
-	Stderr   string   // standard error, trimmed and capped
-	Stdout   string   // standard output, trimmed and capped (e2fsck reports problems there)
-	Err      error
-}
-
-func (e *ExecError) Error() string {
-	var b strings.Builder
-	b.WriteString(strings.Join(e.Args, " "))
-	b.WriteString(": ")
-	if e.ExitCode >= 0 {
-		fmt.Fprintf(&b, "exit status %d", e.ExitCode)
-	} else {
-		fmt.Fprintf(&b, "%v", e.Err)
-	}
-	if e.Stderr != "" {
-		b.WriteString(": ")
-		b.WriteString(e.Stderr)
-	}
-	if e.Stdout != "" {
-		b.WriteString(": output: ")
-		b.WriteString(e.Stdout)
-	}
-	return b.String()
-}
-
-// Unwrap returns the underlying error (the context's error for a cancelled run).
-func (e *ExecError) Unwrap() error { return e.Err }
+type ExecError = toolexec.ExecError

@@ -4,7 +4,6 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -107,12 +106,4 @@ func TestContextCancelKillsTool(t *testing.T) {
 	var ee *ExecError
 	require.ErrorAs(t, err, &ee)
 	assert.Equal(t, -1, ee.ExitCode, "killed, no exit status")
-}
-
-func TestCapOutput(t *testing.T) {
-	assert.Equal(t, "x", capOutput([]byte("\n  x \n")))
-	long := strings.Repeat("a", maxOutput+100)
-	got := capOutput([]byte(long))
-	assert.True(t, strings.HasPrefix(got, long[:maxOutput]))
-	assert.True(t, strings.HasSuffix(got, "... (100 more bytes)"), got[len(got)-40:])
 }

@@ -8,9 +8,10 @@
 // SELinux labels, the "rootfs" directory Get returns, Status's text, and
 // the diff methods.
 //
-// Every layer is a thin snapshot. A "base" thin device is formatted with ext4
-// once, holding an empty directory rootfs (mode 0755, owned by root); an
-// image layer is a snapshot of its parent layer, or of the base device when
+// Every layer is a thin snapshot. A "base" thin device is formatted once,
+// with ext4 or (dm.fs=xfs) xfs, whose layer mounts then all carry nouuid,
+// and holds an empty directory rootfs (mode 0755, owned by root); an image
+// layer is a snapshot of its parent layer, or of the base device when
 // it has none, and a container's read-write layer is a snapshot of its image.
 // Snapshots share every block they have not written, so a layer costs what
 // changed in it, not the size of its filesystem.
@@ -52,5 +53,5 @@
 //
 // It is not for: managing images or containers (the engine does), sharing a
 // home between two processes at once (the pool's lock refuses the second),
-// overlay-style union mounts, or filesystems other than ext4.
+// overlay-style union mounts, or filesystems other than ext4 and xfs.
 package graphdriver

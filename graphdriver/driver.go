@@ -102,18 +102,19 @@ func newDriver(home string, cfg Config, logger logrus.FieldLogger, hook func(str
 // storeOptions translates the configuration for the layer store.
 func (d *Driver) storeOptions() layerstore.Options {
 	return layerstore.Options{
-		Root:             d.home,
-		Pool:             d.cfg.poolOptions(d.home),
-		BaseSize:         d.cfg.BaseSize,
-		Filesystem:       d.cfg.Filesystem,
-		MkfsArgs:         d.cfg.MkfsArgs,
-		RootfsDir:        rootfsDir,
-		Discard:          d.cfg.blkDiscard(),
-		DeferredRemoval:  d.cfg.DeferredRemoval,
-		DeferredDeletion: d.cfg.DeferredDeletion,
-		DeferredInterval: deferredInterval,
-		Logger:           d.log,
-		StepHook:         d.stepHook,
+		Root:                 d.home,
+		Pool:                 d.cfg.poolOptions(d.home),
+		BaseSize:             d.cfg.BaseSize,
+		Filesystem:           d.cfg.Filesystem,
+		MkfsArgs:             d.cfg.MkfsArgs,
+		XFSNoSpaceMaxRetries: d.cfg.XFSNoSpaceMaxRetries,
+		RootfsDir:            rootfsDir,
+		Discard:              d.cfg.blkDiscard(),
+		DeferredRemoval:      d.cfg.DeferredRemoval,
+		DeferredDeletion:     d.cfg.DeferredDeletion,
+		DeferredInterval:     deferredInterval,
+		Logger:               d.log,
+		StepHook:             d.stepHook,
 	}
 }
 

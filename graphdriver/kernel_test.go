@@ -35,14 +35,17 @@ func isMounted(t *testing.T, d *Driver, id string) bool {
 	return ok
 }
 
-// The chain an engine builds: base -> os -> app -> container.
-func TestLayerLifecycle(t *testing.T) {
+// The chain an engine builds: base -> os -> app -> container, on each
+// filesystem.
+func TestLayerLifecycle(t *testing.T) { forEachFS(t, testLayerLifecycle) }
+
+func testLayerLifecycle(t *testing.T, fc driverFS) {
 	home := newHome(t)
-	d := openDriver(t, home)
+	d := openDriver(t, home, fc.opts...)
 
 	st := statusMap(d)
-	assert.Equal(t, "256MiB", st["Base Device Size"])
-	assert.Equal(t, "ext4", st["Backing Filesystem"])
+	assert.Equal(t, units.BytesSize(float64(fc.base)), st["Base Device Size"])
+	assert.Equal(t, fc.name, st["Backing Filesystem"])
 	assert.Equal(t, filepath.Join(home, "devicemapper", "data"), st["Data loop file"])
 	assert.Equal(t, "0", st["Layers"])
 	assert.NotEmpty(t, st["Pool Name"])
@@ -77,6 +80,10 @@ func TestLayerLifecycle(t *testing.T) {
 	withLayer(t, d, "os", func(root string) {
 		assert.Equal(t, "libfoo v1\n", readFile(t, root, "usr/lib/libfoo.so"), "the parent is unchanged")
 		assert.FileExists(t, filepath.Join(root, "bin/tool"))
+		// Parent and child side by side (xfs: two mounts of one UUID).
+		withLayer(t, d, "app", func(root string) {
+			assert.Equal(t, "libfoo v2\n", readFile(t, root, "usr/lib/libfoo.so"))
+		})
 	})
 
 	changes, err := d.Changes("app", "os")
@@ -120,7 +127,7 @@ func TestLayerLifecycle(t *testing.T) {
 
 	meta, err := d.GetMetadata("app")
 	require.NoError(t, err)
-	assert.Equal(t, strconv.Itoa(256*units.MiB), meta["DeviceSize"])
+	assert.Equal(t, strconv.FormatInt(fc.base, 10), meta["DeviceSize"])
 	assert.Equal(t, "l-app", meta["DeviceName"])
 	_, err = strconv.ParseUint(meta["DeviceId"], 10, 32)
 	assert.NoError(t, err)
@@ -225,32 +232,68 @@ func TestApplyDiffOntoFreshLayer(t *testing.T) {
 	assert.Empty(t, changes, "the copy differs from the original")
 }
 
-// A layer with a 50M size accepts 25M of writes and refuses a 50M file.
+// A layer bigger than the base has a filesystem of its size: on ext4 a 50M
+// layer of a 32M base accepts 25M of writes and 40M of allocation and
+// refuses a 50M file; on xfs a 400M layer of a 300M base (grown with
+// xfs_growfs) accepts 280M of allocation and refuses 400M. (statfs leaves
+// out xfs's internal log, 64M here: the 300M base shows 236M.)
 func TestLayerSize(t *testing.T) {
-	d := openDriver(t, newHome(t), "dm.basesize=32M")
-	require.NoError(t, d.Create("sized", "", &CreateOpts{StorageOpt: map[string]string{"size": "50M"}}))
-	meta, err := d.GetMetadata("sized")
-	require.NoError(t, err)
-	assert.Equal(t, strconv.Itoa(50*units.MiB), meta["DeviceSize"])
+	cases := []struct {
+		fs               driverFS
+		size             int64
+		fits, overflows  int64
+		grownAbove, tiny string
+	}{
+		{driverFS{FilesystemExt4, []string{"dm.basesize=32M"}, 32 * units.MiB}, 50 * units.MiB, 40 * units.MiB, 50 * units.MiB, "40M", "20M"},
+		{driverFS{FilesystemXFS, []string{"dm.fs=xfs", "dm.basesize=300M"}, 300 * units.MiB}, 400 * units.MiB, 280 * units.MiB, 400 * units.MiB, "300M", "200M"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.fs.name, func(t *testing.T) {
+			d := openDriver(t, newHome(t), tc.fs.opts...)
+			size := strconv.FormatInt(tc.size, 10)
+			require.NoError(t, d.Create("sized", "", &CreateOpts{StorageOpt: map[string]string{"size": size}}))
+			meta, err := d.GetMetadata("sized")
+			require.NoError(t, err)
+			assert.Equal(t, size, meta["DeviceSize"])
 
-	withLayer(t, d, "sized", func(root string) {
-		var fs unix.Statfs_t
-		require.NoError(t, unix.Statfs(root, &fs))
-		total := int64(fs.Blocks) * fs.Bsize
-		assert.Greater(t, total, int64(40*units.MiB), "the filesystem was grown to the layer's size")
-		assert.LessOrEqual(t, total, int64(50*units.MiB))
+			withLayer(t, d, "sized", func(root string) {
+				var fs unix.Statfs_t
+				require.NoError(t, unix.Statfs(root, &fs))
+				total := int64(fs.Blocks) * fs.Bsize
+				grownAbove, err := units.RAMInBytes(tc.grownAbove)
+				require.NoError(t, err)
+				assert.Greater(t, total, grownAbove, "the filesystem was grown to the layer's size")
+				assert.LessOrEqual(t, total, tc.size)
 
-		require.NoError(t, writeBig(filepath.Join(root, "25M"), 25*units.MiB))
-		err := writeBig(filepath.Join(root, "50M"), 50*units.MiB)
-		assert.ErrorIs(t, err, unix.ENOSPC)
-		require.NoError(t, os.Remove(filepath.Join(root, "50M")))
-	})
+				require.NoError(t, writeBig(filepath.Join(root, "25M"), 25*units.MiB))
+				require.NoError(t, os.Remove(filepath.Join(root, "25M")))
+				require.NoError(t, allocate(filepath.Join(root, "fits"), tc.fits), "more than the base holds")
+				require.NoError(t, os.Remove(filepath.Join(root, "fits")))
+				assert.ErrorIs(t, allocate(filepath.Join(root, "overflows"), tc.overflows), unix.ENOSPC)
+				require.NoError(t, os.Remove(filepath.Join(root, "overflows")))
+			})
 
-	before := layerDevices(t, d)
-	err = d.Create("tiny", "", &CreateOpts{StorageOpt: map[string]string{"size": "20M"}})
-	assert.ErrorIs(t, err, ErrInvalidOptions)
-	assert.Contains(t, err.Error(), "below the base device size")
-	assert.Equal(t, before, layerDevices(t, d))
+			before := layerDevices(t, d)
+			err = d.Create("tiny", "", &CreateOpts{StorageOpt: map[string]string{"size": tc.tiny}})
+			assert.ErrorIs(t, err, ErrInvalidOptions)
+			assert.Contains(t, err.Error(), "below the base device size")
+			assert.Equal(t, before, layerDevices(t, d))
+		})
+	}
+}
+
+// allocate makes a file of n bytes with fallocate: the filesystem reserves
+// the blocks (ENOSPC if it has too few) without writing them.
+func allocate(path string, n int64) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	err = unix.Fallocate(int(f.Fd()), 0, 0, n)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // writeBig writes n bytes to a new file and syncs it.
@@ -417,16 +460,37 @@ func second[T any](_ T, err error) error { return err }
 // The base device is verified at every start: a different filesystem is
 // refused, a smaller dm.basesize is refused, a bigger one grows the base.
 func TestBaseDeviceVerifiedAndGrown(t *testing.T) {
+	forEachFS(t, func(t *testing.T, fc driverFS) {
+		smaller, bigger, grownAbove := "128M", "512M", int64(400*units.MiB)
+		if fc.name == FilesystemXFS {
+			smaller, bigger, grownAbove = "300M", "640M", 500*units.MiB
+		}
+		testBaseDeviceVerifiedAndGrown(t, fc, smaller, bigger, grownAbove)
+	})
+}
+
+func testBaseDeviceVerifiedAndGrown(t *testing.T, fc driverFS, smaller, bigger string, grownAbove int64) {
 	home := newHome(t)
+	smallPool := withOpts(fc.opts...) // this filesystem's pool, in the rest of the test
 	d := initDriver(t, home, smallPool)
 	poolName := d.store.Pool().Name()
 	require.NoError(t, d.Create("old", "", nil))
 	withLayer(t, d, "old", func(root string) { writeFile(t, root, "old", "old\n") })
 	require.NoError(t, d.Cleanup())
 
-	_, err := Init(home, append(smallPool, "dm.basesize=128M"), testLogger(t))
+	_, err := Init(home, withOpts(append(fc.opts, "dm.basesize="+smaller)...), testLogger(t))
 	assert.ErrorIs(t, err, ErrInvalidOptions)
 	assert.Contains(t, err.Error(), "smaller than the existing base device")
+	assertNothingLeft(t, home, poolName)
+
+	// The other filesystem asked for.
+	otherFS := "dm.fs=xfs"
+	if fc.name == FilesystemXFS {
+		otherFS = "dm.fs=ext4"
+	}
+	_, err = Init(home, withOpts(otherFS, "dm.basesize=320M"), testLogger(t))
+	assert.ErrorIs(t, err, ErrInvalidOptions)
+	assert.Contains(t, err.Error(), "but the base device was formatted "+fc.name)
 	assertNothingLeft(t, home, poolName)
 
 	// A different pool behind this home: its base has another UUID.
@@ -454,24 +518,26 @@ func TestBaseDeviceVerifiedAndGrown(t *testing.T) {
 	assertNothingLeft(t, home, poolName)
 	require.NoError(t, os.WriteFile(recPath, orig, 0o600))
 
-	d = openDriver(t, home, "dm.basesize=512M")
-	assert.Equal(t, "512MiB", statusMap(d)["Base Device Size"])
+	d = openDriver(t, home, append(fc.opts, "dm.basesize="+bigger)...)
+	biggerBytes, err := units.RAMInBytes(bigger)
+	require.NoError(t, err)
+	assert.Equal(t, units.BytesSize(float64(biggerBytes)), statusMap(d)["Base Device Size"])
 	require.NoError(t, d.Create("new", "", nil))
 	require.NoError(t, d.Create("child", "old", nil))
 	for _, id := range []string{"new", "child"} {
 		meta, err := d.GetMetadata(id)
 		require.NoError(t, err)
-		assert.Equal(t, strconv.Itoa(512*units.MiB), meta["DeviceSize"], id)
+		assert.Equal(t, strconv.FormatInt(biggerBytes, 10), meta["DeviceSize"], id)
 		withLayer(t, d, id, func(root string) {
 			var fs unix.Statfs_t
 			require.NoError(t, unix.Statfs(root, &fs))
-			assert.Greater(t, int64(fs.Blocks)*fs.Bsize, int64(400*units.MiB), "%s's filesystem has the new size", id)
+			assert.Greater(t, int64(fs.Blocks)*fs.Bsize, grownAbove, "%s's filesystem has the new size", id)
 		})
 	}
 	withLayer(t, d, "child", func(root string) { assert.Equal(t, "old\n", readFile(t, root, "old")) })
 	meta, err := d.GetMetadata("old")
 	require.NoError(t, err)
-	assert.Equal(t, strconv.Itoa(256*units.MiB), meta["DeviceSize"], "existing layers keep their size")
+	assert.Equal(t, strconv.FormatInt(fc.base, 10), meta["DeviceSize"], "existing layers keep their size")
 }
 
 // Status and option plumbing for mount options.

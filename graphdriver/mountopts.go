@@ -64,10 +64,11 @@ var refusedMountOptions = map[string]string{
 	"context": "the SELinux context comes from the mount label Get is given", "fscontext": "the SELinux context comes from the mount label Get is given",
 	"defcontext": "the SELinux context comes from the mount label Get is given", "rootcontext": "the SELinux context comes from the mount label Get is given",
 	"journal_dev": "a layer has the internal journal mkfs gave it", "journal_path": "a layer has the internal journal mkfs gave it",
+	"logdev": "a layer has the internal log mkfs gave it", "rtdev": "a layer has no realtime section",
 }
 
-// ext4Option is the value an ext4 mount option takes.
-type ext4Option struct {
+// fsOption is the value a filesystem's mount option takes.
+type fsOption struct {
 	flag    bool     // may stand alone (no "=")
 	number  bool     // takes an unsigned number (signed for mb_optimize_scan)
 	values  []string // takes one of these
@@ -77,7 +78,7 @@ type ext4Option struct {
 
 // ext4Options are the mount options of ext4 (fs/ext4/super.c,
 // ext4_param_specs, as of Linux 6.1; Documentation/filesystems/ext4.rst).
-var ext4Options = map[string]ext4Option{
+var ext4Options = map[string]fsOption{
 	"grpid": {flag: true}, "bsdgroups": {flag: true}, "nogrpid": {flag: true}, "sysvgroups": {flag: true},
 	"resgid": {number: true}, "resuid": {number: true}, "sb": {number: true},
 	"errors":  {values: []string{"continue", "panic", "remount-ro"}},
@@ -116,9 +117,33 @@ var ext4Options = map[string]ext4Option{
 	"prefetch_block_bitmaps": {flag: true, removed: true}, "i_version": {flag: true, removed: true},
 }
 
+// xfsOptions are the mount options of XFS (fs/xfs/xfs_super.c,
+// xfs_fs_parameters, as of Linux 6.1; Documentation/admin-guide/xfs.rst).
+// Sizes (allocsize, logbsize) take a suffix (64k), so any string.
+var xfsOptions = map[string]fsOption{
+	"allocsize": {str: true}, "logbsize": {str: true}, "logbufs": {number: true},
+	"sunit": {number: true}, "swidth": {number: true},
+	"attr2": {flag: true}, "noattr2": {flag: true},
+	"discard": {flag: true}, "nodiscard": {flag: true},
+	"grpid": {flag: true}, "bsdgroups": {flag: true}, "nogrpid": {flag: true}, "sysvgroups": {flag: true},
+	"filestreams": {flag: true}, "ikeep": {flag: true}, "noikeep": {flag: true},
+	"inode32": {flag: true}, "inode64": {flag: true}, "largeio": {flag: true}, "nolargeio": {flag: true},
+	"noalign": {flag: true}, "norecovery": {flag: true}, "nouuid": {flag: true},
+	"swalloc": {flag: true}, "wsync": {flag: true},
+	"noquota": {flag: true}, "quota": {flag: true}, "usrquota": {flag: true}, "uquota": {flag: true},
+	"qnoenforce": {flag: true}, "uqnoenforce": {flag: true},
+	"grpquota": {flag: true}, "gquota": {flag: true}, "gqnoenforce": {flag: true},
+	"prjquota": {flag: true}, "pquota": {flag: true}, "pqnoenforce": {flag: true},
+	"dax":      {flag: true, values: []string{"always", "never", "inode"}},
+	"seclabel": {flag: true},
+	// Removed (Linux 4.19): the kernel refuses them.
+	"barrier": {flag: true, removed: true}, "nobarrier": {flag: true, removed: true},
+}
+
 // checkMountOption reports whether o (one dm.mountopt option) is a mount
-// flag or an ext4 option with a value it takes.
-func checkMountOption(o string) error {
+// flag or an option of filesystem fs ("ext4" or "xfs") with a value it
+// takes.
+func checkMountOption(fs, o string) error {
 	if o == "" {
 		return errors.New("empty mount option")
 	}
@@ -129,12 +154,16 @@ func checkMountOption(o string) error {
 	if why, ok := refusedMountOptions[key]; ok {
 		return errors.New(why)
 	}
-	spec, ok := ext4Options[key]
+	options := ext4Options
+	if fs == FilesystemXFS {
+		options = xfsOptions
+	}
+	spec, ok := options[key]
 	switch {
 	case !ok:
-		return errors.New("unknown mount option: neither a mount flag nor an ext4 option")
+		return fmt.Errorf("unknown mount option: neither a mount flag nor an %s option", fs)
 	case spec.removed:
-		return errors.New("removed from ext4: the kernel ignores it")
+		return fmt.Errorf("removed from %s: the kernel ignores or refuses it", fs)
 	case !hasVal:
 		if !spec.flag {
 			return errors.New("needs a value")

@@ -11,7 +11,7 @@ import (
 	"github.com/docker/go-units"
 	"golang.org/x/sys/unix"
 
-	"github.com/dmthin/dmthin/ext4"
+	"github.com/dmthin/dmthin/fsys"
 	"github.com/dmthin/dmthin/thinpool"
 )
 
@@ -22,8 +22,11 @@ const (
 	// MinBaseSize is the smallest base device accepted: ext4 with its
 	// journal needs a few megabytes, and a layer needs room for files.
 	MinBaseSize = 16 * units.MiB
-	// FilesystemExt4 is the one filesystem the driver formats.
+	// FilesystemExt4 and FilesystemXFS are the filesystems the driver
+	// formats (dm.fs); ext4 is the default. XFS needs a base of at least
+	// 300 MiB.
 	FilesystemExt4 = "ext4"
+	FilesystemXFS  = "xfs"
 
 	// The range of dm.loopmetadatasize: a thin pool's metadata needs 2MiB
 	// and uses at most 16GiB (thinpool checks the same).
@@ -75,10 +78,18 @@ type Config struct {
 	// device-mapper device (a name, or /dev/mapper/NAME). Cleanup leaves it
 	// as it was.
 	ThinPoolDevice string
-	// Filesystem (dm.fs) of the base device: "ext4" (the default).
+	// Filesystem (dm.fs) of the base device: "ext4" (the default) or
+	// "xfs".
 	Filesystem string
-	// MkfsArgs (dm.mkfsarg, repeatable) are extra mkfs.ext4 arguments.
+	// MkfsArgs (dm.mkfsarg, repeatable) are extra mkfs.ext4 or mkfs.xfs
+	// arguments.
 	MkfsArgs []string
+	// XFSNoSpaceMaxRetries (dm.xfs_nospace_max_retries, dm.fs=xfs only) is
+	// how many times a mounted layer retries a metadata write that failed
+	// because the pool is full before its filesystem shuts down: 0 fails
+	// at once, -1 retries forever. nil leaves the kernel's default
+	// (forever).
+	XFSNoSpaceMaxRetries *int
 	// MountOptions (dm.mountopt, repeatable, comma-separated) are applied
 	// to every layer mount: flags such as noatime, nodev or ro, and
 	// filesystem options such as discard or data=writeback.
@@ -163,7 +174,6 @@ var unsupported = map[string]string{
 	"dm.thinp_metapercent":            "dmthin does not manage LVM",
 	"dm.directlvm_device_force":       "dmthin does not manage LVM",
 	"dm.libdm_log_level":              "dmthin does not use libdevmapper",
-	"dm.xfs_nospace_max_retries":      "dmthin formats ext4 only",
 	"dm.override_udev_sync_check":     "dmthin does not use udev: it makes its own device nodes",
 	"dm.use_deferred_device_removal":  "did you mean dm.use_deferred_removal?",
 	"dm.use_deferred_device_deletion": "did you mean dm.use_deferred_deletion?",
@@ -256,6 +266,13 @@ func (c *Config) set(opt string) error {
 		return nil
 	case "dm.fs":
 		c.Filesystem = strings.ToLower(val)
+		return nil
+	case "dm.xfs_nospace_max_retries":
+		n, err := strconv.Atoi(strings.TrimSpace(val))
+		if err != nil {
+			return bad(errors.New("want a number of retries, 0 for none or -1 for no limit"))
+		}
+		c.XFSNoSpaceMaxRetries = &n
 		return nil
 	case "dm.mkfsarg":
 		if val == "" {
@@ -375,19 +392,27 @@ func (c *Config) Validate() error {
 	if c.BlockSize != 0 && (c.BlockSize < thinpool.MinBlockSize || c.BlockSize > thinpool.MaxBlockSize || c.BlockSize%thinpool.MinBlockSize != 0) {
 		bad("dm.blocksize %s: want a multiple of 64K between 64K and 1G", human(c.BlockSize))
 	}
-	switch c.Filesystem {
-	case "", FilesystemExt4:
-	case "xfs":
-		bad("dm.fs=xfs is not supported; dmthin formats ext4")
-	default:
-		bad("dm.fs=%s: unknown filesystem, want ext4", c.Filesystem)
+	fs, err := fsys.New(c.Filesystem, fsys.Options{})
+	if err != nil {
+		bad("dm.fs=%s: %w", c.Filesystem, err)
+	} else {
+		if err := fs.ValidateMkfsArgs(c.MkfsArgs); err != nil {
+			bad("dm.mkfsarg: %w", err)
+		}
+		if c.BaseSize >= MinBaseSize && c.BaseSize < fs.MinSize() { // below MinBaseSize: reported above
+			bad("dm.basesize %s is below the %s that dm.fs=%s needs", human(c.BaseSize), human(fs.MinSize()), fs.Type())
+		}
+		for _, o := range c.MountOptions {
+			if err := checkMountOption(fs.Type(), o); err != nil {
+				bad("dm.mountopt %q: %w", o, err)
+			}
+		}
 	}
-	if err := (ext4.FormatOptions{ExtraArgs: c.MkfsArgs}).Validate(); err != nil {
-		bad("dm.mkfsarg: %w", err)
-	}
-	for _, o := range c.MountOptions {
-		if err := checkMountOption(o); err != nil {
-			bad("dm.mountopt %q: %w", o, err)
+	if r := c.XFSNoSpaceMaxRetries; r != nil {
+		if err == nil && fs.Type() != FilesystemXFS {
+			bad("dm.xfs_nospace_max_retries applies to dm.fs=xfs only")
+		} else if *r < -1 {
+			bad("dm.xfs_nospace_max_retries=%d: want 0 or more, or -1 for no limit", *r)
 		}
 	}
 	if p := c.MinFreeSpacePercent; p != nil && (*p < 0 || *p > 99) {

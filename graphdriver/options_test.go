@@ -152,15 +152,19 @@ func TestConfigValidate(t *testing.T) {
 		{"loop sizes with pool", []string{"dm.thinpooldev=p", "dm.loopdatasize=1G"}, []string{"only apply to the loopback pool"}},
 		{"blocksize", []string{"dm.blocksize=100K"}, []string{"dm.blocksize 100KiB"}},
 		{"blocksize huge", []string{"dm.blocksize=2G"}, []string{"dm.blocksize 2GiB"}},
-		{"xfs", []string{"dm.fs=xfs"}, []string{"dm.fs=xfs is not supported"}},
-		{"btrfs", []string{"dm.fs=btrfs"}, []string{"dm.fs=btrfs: unknown filesystem"}},
+		{"xfs base too small", []string{"dm.fs=xfs", "dm.basesize=256M"}, []string{"dm.basesize 256MiB is below the 300MiB that dm.fs=xfs needs"}},
+		{"xfs mkfsarg", []string{"dm.fs=xfs", "dm.mkfsarg=-N"}, []string{`dm.mkfsarg: invalid filesystem options: xfs: invalid format options: extra mkfs argument "-N": -N only prints`}},
+		{"xfs mountopt of ext4", []string{"dm.fs=XFS", "dm.mountopt=data=writeback"}, []string{`dm.mountopt "data=writeback": unknown mount option: neither a mount flag nor an xfs option`}},
+		{"xfs retries without xfs", []string{"dm.xfs_nospace_max_retries=0"}, []string{"dm.xfs_nospace_max_retries applies to dm.fs=xfs only"}},
+		{"xfs retries below -1", []string{"dm.fs=xfs", "dm.xfs_nospace_max_retries=-2"}, []string{"dm.xfs_nospace_max_retries=-2"}},
+		{"btrfs", []string{"dm.fs=btrfs"}, []string{`dm.fs=btrfs: unsupported filesystem: "btrfs" (want ext4 or xfs)`}},
 		{"mkfsarg positional", []string{"dm.mkfsarg=/dev/sda"}, []string{"dm.mkfsarg"}},
 		{"mountopt bind", []string{"dm.mountopt=bind"}, []string{`dm.mountopt "bind"`}},
 		{"mountopt unknown", []string{"dm.mountopt=noatime,bogus"}, []string{`dm.mountopt "bogus": unknown mount option`}},
 		{"min free", []string{"dm.min_free_space=100%"}, []string{"dm.min_free_space 100%"}},
 		{"deletion without removal", []string{"dm.use_deferred_deletion=true"}, []string{"needs dm.use_deferred_removal=true"}},
-		{"several at once", []string{"dm.basesize=1M", "dm.fs=xfs", "dm.blocksize=100K"},
-			[]string{"dm.basesize", "dm.fs=xfs", "dm.blocksize"}},
+		{"several at once", []string{"dm.basesize=1M", "dm.fs=btrfs", "dm.blocksize=100K"},
+			[]string{"dm.basesize", "dm.fs=btrfs", "dm.blocksize"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -263,6 +267,10 @@ func TestOptionErrorsNameTheDMOption(t *testing.T) {
 		{[]string{"dm.thinpooldev=p", "dm.thinp_autoextend_threshold=80"}, "dm.thinp_autoextend"},
 		{[]string{"dm.datadev=/dev/vdb", "dm.metadatadev=/dev/vdc", "dm.loopdatasize_max=1T"}, "dm.loop"},
 		{[]string{"dm.thinp_autoextend_percent=10", "dm.low_water_mark=1G"}, "dm.low_water_mark"},
+		{[]string{"dm.fs=xfs", "dm.xfs_nospace_max_retries=many"}, "dm.xfs_nospace_max_retries"},
+		{[]string{"dm.fs=xfs", "dm.basesize=200M"}, "dm.basesize"},
+		{[]string{"dm.fs=xfs", "dm.mountopt=barrier"}, "dm.mountopt"},
+		{[]string{"dm.fs=xfs", "dm.mountopt=logdev=/dev/sdb"}, "dm.mountopt"},
 		// Checked by Init (checkDevices), on the devices themselves.
 		{[]string{"dm.datadev=" + regular, "dm.metadatadev=/dev/null"}, "dm."},
 		{[]string{"dm.datadev=" + missing, "dm.metadatadev=" + missing}, "dm."},
@@ -333,8 +341,29 @@ func TestCheckMountOptionAccepts(t *testing.T) {
 		"dax", "dax=never", "usrjquota=", "usrjquota=aquota.user", "init_itable=10", "user_xattr", "acl",
 		"journal_checksum", "max_dir_size_kb=1024", "inode_readahead_blks=64", "auto_da_alloc=0",
 	} {
-		assert.NoError(t, checkMountOption(o), o)
+		assert.NoError(t, checkMountOption(FilesystemExt4, o), o)
 	}
+	for _, o := range []string{
+		"noatime", "ro", "discard", "nodiscard", "nouuid", "inode64", "allocsize=64k", "logbsize=256k",
+		"logbufs=8", "sunit=128", "swidth=256", "prjquota", "dax=inode", "norecovery", "largeio",
+	} {
+		assert.NoError(t, checkMountOption(FilesystemXFS, o), o)
+	}
+	assert.ErrorContains(t, checkMountOption(FilesystemXFS, "nobarrier"), "removed from xfs")
+	assert.ErrorContains(t, checkMountOption(FilesystemXFS, "logbufs=many"), "want a number")
+}
+
+// dm.fs=xfs and dm.xfs_nospace_max_retries parse into the Config.
+func TestParseOptionsXFS(t *testing.T) {
+	c, err := ParseOptions([]string{"dm.fs=xfs", "dm.basesize=300M", "dm.xfs_nospace_max_retries=0",
+		"dm.mkfsarg=-imaxpct=10", "dm.mountopt=nouuid,inode64"})
+	require.NoError(t, err)
+	assert.Equal(t, FilesystemXFS, c.Filesystem)
+	require.NotNil(t, c.XFSNoSpaceMaxRetries)
+	assert.Equal(t, 0, *c.XFSNoSpaceMaxRetries)
+	c, err = ParseOptions([]string{"dm.fs=xfs", "dm.xfs_nospace_max_retries=-1"})
+	require.NoError(t, err)
+	assert.Equal(t, -1, *c.XFSNoSpaceMaxRetries)
 }
 
 // Init refuses a bad dm.mountopt before it makes anything, so a bogus option

@@ -11,7 +11,7 @@ import (
 	"github.com/docker/go-units"
 	"github.com/sirupsen/logrus"
 
-	"github.com/dmthin/dmthin/ext4"
+	"github.com/dmthin/dmthin/fsys"
 	"github.com/dmthin/dmthin/thinpool"
 )
 
@@ -24,6 +24,12 @@ const baseRecordFile = "base.json"
 type baseRecord struct {
 	Filesystem string `json:"filesystem"`
 	UUID       string `json:"uuid"`
+	// FilledSize is the size of the base device, in bytes, that the
+	// filesystem was made or last grown to fill. When the device is
+	// bigger (dm.basesize grew it, maybe in a run killed before the
+	// filesystem followed) the filesystem is grown. 0 in records written
+	// before it existed: grown once (a no-op if it was full) and recorded.
+	FilledSize int64 `json:"filled_size,omitempty"`
 }
 
 func (s *Store) baseRecordPath() string { return filepath.Join(s.root, baseRecordFile) }
@@ -183,7 +189,7 @@ func (s *Store) createBase(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("layerstore: activate base device: %w", err)
 	}
-	if err := ext4.Format(ctx, node, ext4.FormatOptions{ExtraArgs: s.opts.MkfsArgs}); err != nil {
+	if err := s.fs.Format(ctx, node, s.opts.MkfsArgs); err != nil {
 		return errors.Join(fmt.Errorf("layerstore: format base device: %w", err), s.pool.Deactivate(ctx, baseDevice, false))
 	}
 	s.step(StepBaseFormatted)
@@ -191,8 +197,8 @@ func (s *Store) createBase(ctx context.Context) (err error) {
 		root := filepath.Join(mp, s.opts.RootfsDir)
 		if s.opts.RootfsDir == "" {
 			// Callers see the filesystem's root itself: it holds only
-			// what they put there.
-			if err := os.Remove(filepath.Join(mp, "lost+found")); err != nil {
+			// what they put there (ext4 made a lost+found, xfs none).
+			if err := os.Remove(filepath.Join(mp, "lost+found")); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return err
 			}
 		} else if err := os.Mkdir(root, 0o755); err != nil {
@@ -204,11 +210,11 @@ func (s *Store) createBase(ctx context.Context) (err error) {
 	if err != nil {
 		return errors.Join(fmt.Errorf("layerstore: prepare base filesystem: %w", err), s.pool.Deactivate(ctx, baseDevice, false))
 	}
-	sb, err := ext4.ReadSuperblockFile(node)
+	id, err := s.fs.Identify(node)
 	if err := errors.Join(err, s.pool.Deactivate(ctx, baseDevice, false)); err != nil {
 		return fmt.Errorf("layerstore: base device: %w", err)
 	}
-	if err := s.writeBaseRecord(baseRecord{Filesystem: s.opts.Filesystem, UUID: sb.UUIDString()}); err != nil {
+	if err := s.writeBaseRecord(baseRecord{Filesystem: s.opts.Filesystem, UUID: id.UUID, FilledSize: size}); err != nil {
 		return err
 	}
 	s.step(StepBaseRecorded)
@@ -216,7 +222,7 @@ func (s *Store) createBase(ctx context.Context) (err error) {
 		return errors.Join(fmt.Errorf("layerstore: base device: record it complete: %w", err), os.Remove(s.baseRecordPath()))
 	}
 	s.baseSize = size
-	log.WithField("uuid", sb.UUIDString()).Info("base device ready")
+	log.WithField("uuid", id.UUID).Info("base device ready")
 	return nil
 }
 
@@ -228,15 +234,15 @@ func (s *Store) verifyBase(ctx context.Context, rec *baseRecord, base thinpool.D
 		return fmt.Errorf("layerstore: activate base device: %w", err)
 	}
 	defer func() { err = errors.Join(err, s.pool.Deactivate(ctx, baseDevice, false)) }()
-	sb, err := ext4.ReadSuperblockFile(node)
-	if errors.Is(err, ext4.ErrNotExt4) {
+	id, err := s.fs.Identify(node)
+	if errors.Is(err, fsys.ErrNotFormatted) {
 		return fmt.Errorf("%w: the base device of pool %q holds no %s filesystem, but %s records one (UUID %s): "+
 			"a different pool is behind this root", ErrBaseMismatch, s.pool.Name(), rec.Filesystem, s.baseRecordPath(), rec.UUID)
 	}
 	if err != nil {
 		return fmt.Errorf("layerstore: base device: %w", err)
 	}
-	if got := sb.UUIDString(); got != rec.UUID {
+	if got := id.UUID; got != rec.UUID {
 		return fmt.Errorf("%w: the base filesystem of pool %q has UUID %s, but %s records %s: "+
 			"a different pool is behind this root", ErrBaseMismatch, s.pool.Name(), got, s.baseRecordPath(), rec.UUID)
 	}
@@ -249,9 +255,19 @@ func (s *Store) verifyBase(ctx context.Context, rec *baseRecord, base thinpool.D
 		s.step(StepBaseResized)
 		s.baseSize = s.opts.BaseSize
 	}
-	if int64(sb.Size()) < s.baseSize {
-		if err := s.withBaseMounted(node, func(string) error { return ext4.Grow(ctx, node) }); err != nil {
+	// Grown just now, or by a run killed before the filesystem followed.
+	// Whether a grow would add anything depends on each filesystem's
+	// rounding (a last group or allocation group too small to add is left
+	// out), so the record says what size the filesystem was grown for.
+	if rec.FilledSize != s.baseSize {
+		s.log.WithFields(logrus.Fields{"from": units.BytesSize(float64(id.Size)), "device": units.BytesSize(float64(s.baseSize))}).Info("growing the base filesystem")
+		if err := s.withBaseMounted(node, func(mp string) error { return s.fs.Grow(ctx, node, mp) }); err != nil {
 			return fmt.Errorf("layerstore: grow base filesystem: %w", err)
+		}
+		grown := *rec
+		grown.FilledSize = s.baseSize
+		if err := s.writeBaseRecord(grown); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -265,7 +281,7 @@ func (s *Store) withBaseMounted(node string, f func(mp string) error) (err error
 		return err
 	}
 	defer func() { err = errors.Join(err, os.Remove(mp)) }()
-	if err := mountDevice(node, mp, s.opts.Filesystem, 0, ""); err != nil {
+	if err := mountDevice(node, mp, s.fs.Type(), 0, s.fs.MountData()); err != nil {
 		return err
 	}
 	s.step(StepBaseMounted)

@@ -3,7 +3,8 @@
 // containerd snapshotter next. It holds what both need and what must not
 // be written twice:
 //
-//   - a base thin device, formatted with ext4 once, verified at every Open
+//   - a base thin device, formatted once with ext4 or xfs (through the
+//     one interface of package fsys), verified at every Open
 //     by the UUID recorded in base.json, and grown when Options.BaseSize
 //     asks for more;
 //   - layers: a layer is a thin snapshot of its parent (or of the base),
@@ -32,5 +33,6 @@
 //	                         crash left one)
 //
 // It is not for: option strings, ids or diff formats of an engine (the
-// adapters translate those), union mounts, or filesystems other than ext4.
+// adapters translate those), union mounts, or filesystems other than ext4
+// and xfs.
 package layerstore

@@ -12,7 +12,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
-	"github.com/dmthin/dmthin/ext4"
+	"github.com/dmthin/dmthin/fsys"
 	"github.com/dmthin/dmthin/thinpool"
 )
 
@@ -81,8 +81,12 @@ func (s *Store) Get(ctx context.Context, name string, opts MountOptions) (string
 	if err != nil {
 		return "", fmt.Errorf("layerstore: get %q: %w", name, err)
 	}
-	if err := mountDevice(node, mp, s.opts.Filesystem, opts.Flags, opts.Data); err != nil {
+	if err := mountDevice(node, mp, s.fs.Type(), opts.Flags, fsys.JoinMountData(s.fs.MountData(), opts.Data)); err != nil {
 		return "", errors.Join(fmt.Errorf("layerstore: get %q: %w", name, err), removeIfEmpty(mp), s.pool.Deactivate(ctx, dev, false))
+	}
+	if err := s.fs.Mounted(node); err != nil {
+		err = fmt.Errorf("layerstore: get %q: %w", name, err)
+		return "", errors.Join(err, unmount(mp, false), removeIfEmpty(mp), s.pool.Deactivate(ctx, dev, false))
 	}
 	if fi, err := os.Lstat(root); err != nil || !fi.IsDir() {
 		err = fmt.Errorf("layerstore: get %q: the layer's filesystem has no %s directory (not made by this store?)", name, s.opts.RootfsDir)
@@ -154,20 +158,20 @@ func (s *Store) unmountLocked(name string, detachIfBusy bool) error {
 
 // growLocked grows the filesystem of layer name (not mounted; its device
 // was just made bigger) to its device's size. The resize is done online,
-// with the filesystem mounted at the layer's mount point: resize2fs refuses
-// to grow an unmounted filesystem that was mounted since its last full
-// check, and a check costs more than a mount.
+// with the filesystem mounted at the layer's mount point: xfs grows only
+// mounted, and resize2fs refuses to grow an unmounted ext4 that was mounted
+// since its last full check, which costs more than a mount.
 func (s *Store) growLocked(ctx context.Context, name, dev string) error {
 	node, err := s.pool.Activate(ctx, dev)
 	if err != nil {
 		return err
 	}
 	mp := s.mountPoint(name)
-	if err := mountDevice(node, mp, s.opts.Filesystem, 0, ""); err != nil {
+	if err := mountDevice(node, mp, s.fs.Type(), 0, s.fs.MountData()); err != nil {
 		return errors.Join(err, s.pool.Deactivate(ctx, dev, false))
 	}
 	s.step(StepCreateMounted)
-	gerr := ext4.Grow(ctx, node)
+	gerr := s.fs.Grow(ctx, node, mp)
 	uerr := unmount(mp, false)
 	if uerr == nil {
 		uerr = os.Remove(mp)

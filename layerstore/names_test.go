@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/docker/go-units"
 	"github.com/stretchr/testify/assert"
 )
 
@@ -30,13 +31,27 @@ func TestDeviceNamesDoNotCollide(t *testing.T) {
 }
 
 func TestOptionsValidate(t *testing.T) {
-	o := Options{Root: "", BaseSize: 1000, Filesystem: "xfs", RootfsDir: "a/b", DeferredDeletion: true, DeferredInterval: -1}
+	o := Options{Root: "", BaseSize: 1000, Filesystem: "btrfs", RootfsDir: "a/b", DeferredDeletion: true, DeferredInterval: -1}
 	err := o.Validate()
 	assert.ErrorIs(t, err, ErrInvalidOptions)
-	for _, want := range []string{"empty root", "below the minimum", "only ext4", "rootfs directory", "needs deferred removal", "negative"} {
+	for _, want := range []string{"empty root", "below the minimum", `unsupported filesystem: "btrfs" (want ext4 or xfs)`, "rootfs directory", "needs deferred removal", "negative"} {
 		assert.Contains(t, err.Error(), want)
 	}
 	o = Options{Root: "/x", BaseSize: MinBaseSize + 1}
 	assert.ErrorContains(t, o.Validate(), "multiple of 512")
 	assert.NoError(t, (&Options{Root: "/x"}).Validate())
+
+	// What depends on the filesystem.
+	three := 3
+	o = Options{Root: "/x", BaseSize: 256 * units.MiB, Filesystem: FilesystemXFS, MkfsArgs: []string{"-N"}}
+	err = o.Validate()
+	for _, want := range []string{"base size 256MiB is below the 300MiB that xfs needs", "mkfs arguments", "-N only prints"} {
+		assert.ErrorContains(t, err, want)
+	}
+	o = Options{Root: "/x", XFSNoSpaceMaxRetries: &three}
+	assert.ErrorContains(t, o.Validate(), "apply to xfs only")
+	o = Options{Root: "/x", BaseSize: 256 * units.MiB, MkfsArgs: []string{"/dev/sda"}}
+	assert.ErrorContains(t, o.Validate(), "not an option", "ext4's mkfs arguments are checked too")
+	o = Options{Root: "/x", BaseSize: 300 * units.MiB, Filesystem: FilesystemXFS, XFSNoSpaceMaxRetries: &three}
+	assert.NoError(t, o.Validate())
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/docker/go-units"
 	"github.com/sirupsen/logrus"
 
+	"github.com/dmthin/dmthin/fsys"
 	"github.com/dmthin/dmthin/internal/keyedmutex"
 	"github.com/dmthin/dmthin/thinpool"
 )
@@ -24,9 +25,12 @@ const (
 	DefaultBaseSize = 10 * units.GiB
 	// MinBaseSize is the smallest base device accepted: ext4 with its
 	// journal needs a few megabytes, and a layer needs room for files.
+	// XFS needs more: xfs.MinSize.
 	MinBaseSize = 16 * units.MiB
-	// FilesystemExt4 is the one filesystem the store formats.
+	// FilesystemExt4 and FilesystemXFS are the filesystems the store
+	// formats (see package fsys); ext4 is the default.
 	FilesystemExt4 = "ext4"
+	FilesystemXFS  = "xfs"
 	// DefaultDeferredInterval is how often deferred deletions are retried.
 	DefaultDeferredInterval = 30 * time.Second
 )
@@ -42,10 +46,19 @@ type Options struct {
 	// otherwise. Bigger than the existing base grows it (new layers get the
 	// new size); smaller is an error.
 	BaseSize int64
-	// Filesystem of the base device: "" or "ext4".
+	// Filesystem of the base device: "" or "ext4", or "xfs" (a base of
+	// at least 300 MiB; every layer mount gets "nouuid"). It must stay the
+	// same for the life of Root.
 	Filesystem string
-	// MkfsArgs are extra mkfs.ext4 arguments for the base device.
+	// MkfsArgs are extra mkfs.ext4 or mkfs.xfs arguments for the base
+	// device.
 	MkfsArgs []string
+	// XFSNoSpaceMaxRetries (xfs only) is how many times a mounted layer
+	// retries a metadata write that failed because the pool is full
+	// before its filesystem shuts down: 0 fails at once, -1 retries
+	// forever. nil leaves the kernel's default (forever). Set after
+	// every mount by Get.
+	XFSNoSpaceMaxRetries *int
 	// RootfsDir, when set, is a directory made on the base filesystem
 	// (mode 0755, root's) that Get returns as the layer's root, so that
 	// callers never see lost+found. Docker's driver uses "rootfs"; a
@@ -91,9 +104,7 @@ func (o *Options) Validate() error {
 	} else if o.BaseSize%512 != 0 {
 		bad("base size %d is not a multiple of 512 bytes", o.BaseSize)
 	}
-	if o.Filesystem != "" && o.Filesystem != FilesystemExt4 {
-		bad("filesystem %q: only ext4 is supported", o.Filesystem)
-	}
+	errs = append(errs, o.validateFilesystem()...)
 	if o.RootfsDir != "" {
 		if err := ValidateName(o.RootfsDir); err != nil {
 			bad("rootfs directory: %w", err)
@@ -115,6 +126,7 @@ type Store struct {
 	opts     Options
 	log      logrus.FieldLogger
 	pool     *thinpool.Pool
+	fs       fsys.Filesystem
 	baseSize int64 // the base device's size, fixed at Open
 
 	closeMu sync.RWMutex // held for reading by every operation, for writing by Close
@@ -164,7 +176,11 @@ func Open(ctx context.Context, opts Options) (_ *Store, err error) {
 	if root, err = filepath.EvalSymlinks(root); err != nil {
 		return nil, fmt.Errorf("layerstore: root: %w", err)
 	}
-	s := &Store{root: root, opts: opts, log: opts.Logger, mounts: map[string]*mount{}}
+	fs, err := opts.filesystem()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidOptions, err)
+	}
+	s := &Store{root: root, opts: opts, log: opts.Logger, fs: fs, mounts: map[string]*mount{}}
 	if err := os.MkdirAll(s.mntDir(), 0o700); err != nil {
 		return nil, fmt.Errorf("layerstore: %w", err)
 	}
