@@ -40,10 +40,9 @@ import (
 // variant is one configuration of the device path, named by "+"-joined
 // tokens: "zero" (the pool zeroes new blocks) or "nozero", "dio" (loop
 // devices with direct I/O), "sync" (the apply step is tarapply.Apply with
-// Sync, as ApplyDiff calls it: files written back as they are written, then
-// its syncfs; the syncfs step after it has nothing left to do),
-// "noatime"/"lazytime" (mount flags); any other
-// token is passed to ext4 as mount data (e.g. "commit=30", "nobarrier").
+// Sync, as ApplyDiff calls it; the syncfs step after it has nothing left to
+// do), "noatime"/"lazytime" (mount flags); any other token is passed to
+// ext4 as mount data (e.g. "commit=30", "nobarrier").
 type variant struct {
 	name     string
 	skipZero bool
