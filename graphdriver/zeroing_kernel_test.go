@@ -20,14 +20,18 @@ import (
 // device, but none of its files.
 //
 // Layer a fills a file with a marker and is removed without discarding its
-// blocks; its blocks are then the pool's lowest free ones (the delete
-// message commits the pool's metadata, and allocation restarts from block 0
-// after a commit). Layer b writes 4 KiB into a new file: the pool gives it
-// a block of a's, written in part. The marker shows on b's thin device
-// (the caveat: zeroing skipped) but not in b's files: the written file, a
-// sparse one and a preallocated one read back as written and as zeros.
+// blocks. The driver is then closed and opened again: the pool device is
+// made anew from its metadata, and it allocates from its lowest free block
+// again (while it stays up, it goes on from where it left off), which is
+// one of a's. Layer b writes 4 KiB chunks 64 KiB apart into a new file:
+// the pool gives each a new block, written in part, so a's marker shows on
+// b's thin device (the caveat: zeroing skipped), but not in b's files,
+// whose holes, written chunks and preallocated range read back as zeros
+// and as written.
 func TestPoolSkipsBlockZeroing(t *testing.T) {
-	d := openDriver(t, newHome(t), "dm.loopdatasize=512M", "dm.basesize=64M", "dm.min_free_space=0%")
+	home := newHome(t)
+	opts := []string{"dm.loopdatasize=512M", "dm.basesize=64M", "dm.min_free_space=0%"}
+	d := openDriver(t, home, opts...)
 
 	c, err := devmapper.Open(devmapper.Options{})
 	require.NoError(t, err)
@@ -46,15 +50,20 @@ func TestPoolSkipsBlockZeroing(t *testing.T) {
 		require.NoError(t, os.WriteFile(filepath.Join(root, "fill"), stale, 0o644))
 	})
 	require.NoError(t, d.Remove("a"))
+	require.NoError(t, d.Cleanup())
+	d = openDriver(t, home, opts...)
 
 	require.NoError(t, d.Create("b", "", nil))
 	written := bytes.Repeat([]byte("b"), 4096)
+	const chunks, stride = 64, 64 << 10
 	root := mustGet(t, d, "b")
 	defer func() { require.NoError(t, d.Put("b")) }()
-	f, err := os.Create(filepath.Join(root, "small"))
+	f, err := os.Create(filepath.Join(root, "chunks"))
 	require.NoError(t, err)
-	_, err = f.Write(written)
-	require.NoError(t, err)
+	for i := 0; i < chunks; i++ {
+		_, err = f.WriteAt(written, int64(i*stride))
+		require.NoError(t, err)
+	}
 	require.NoError(t, f.Sync())
 	require.NoError(t, f.Close())
 	sparse, err := os.Create(filepath.Join(root, "sparse"))
@@ -70,11 +79,15 @@ func TestPoolSkipsBlockZeroing(t *testing.T) {
 	dev, err := os.ReadFile(meta["DevicePath"])
 	require.NoError(t, err)
 	assert.True(t, bytes.Contains(dev, marker),
-		"layer b's device holds none of a's data: the pool zeroed b's new block (want skip_block_zeroing)")
+		"layer b's device holds none of a's data: the pool zeroed b's new blocks (want skip_block_zeroing)")
 
-	got, err := os.ReadFile(filepath.Join(root, "small"))
+	got, err := os.ReadFile(filepath.Join(root, "chunks"))
 	require.NoError(t, err)
-	assert.Equal(t, written, got)
+	want := make([]byte, (chunks-1)*stride+len(written))
+	for i := 0; i < chunks; i++ {
+		copy(want[i*stride:], written)
+	}
+	assert.True(t, bytes.Equal(want, got), "the chunks file does not read back as written, with zeros between")
 	got, err = os.ReadFile(filepath.Join(root, "sparse"))
 	require.NoError(t, err)
 	require.Len(t, got, 17<<20)
