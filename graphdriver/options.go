@@ -345,8 +345,8 @@ func (c *Config) blkDiscard() bool {
 //
 // Zeroing makes the pool write a whole block (64K by default) of zeros
 // before the first partial write to it: applying a layer wrote 1.6x the
-// bytes to the data device and took 1.2x the time (hack/bench-archive
-// -phases). It is not needed for layers: ext4 never reads a block it has
+// bytes to the data device, and took 1.1x to 1.2x the time in two of
+// three VM boots (hack/bench-archive -phases). It is not needed for layers: ext4 never reads a block it has
 // not written (a hole or an unwritten extent reads as zeros from the
 // filesystem's own maps, not from the disk), so what a deleted layer left
 // in a block is not visible through any file of the layer that gets the
