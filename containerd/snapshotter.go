@@ -108,6 +108,11 @@ func open(ctx context.Context, cfg Config, log logrus.FieldLogger, hook func(str
 	if cfg.PoolName == "" {
 		opts.Pool.LoopDataSize, opts.Pool.LoopMetadataSize = sz.data, sz.meta
 		opts.Pool.AutoGrow = cfg.autoGrow(sz)
+		// The loopback pool does not zero new blocks (skip_block_zeroing),
+		// as graphdriver's pool and Docker's: ext4 never reads a block it
+		// has not written (see graphdriver's blockZeroing for the
+		// numbers and the caveat).
+		opts.Pool.SkipBlockZeroing = true
 	}
 	ls, err := layerstore.Open(ctx, opts)
 	if errors.Is(err, thinpool.ErrLocked) {

@@ -448,8 +448,11 @@ func TestPoolTableOptions(t *testing.T) {
 	require.NoError(t, err)
 	po = c.poolOptions("/h")
 	assert.True(t, po.IgnoreDiscard)
-	assert.False(t, po.SkipBlockZeroing, "zeroing is on by default")
+	assert.True(t, po.SkipBlockZeroing, "zeroing is off by default for the pools the driver makes")
 	assert.False(t, po.QueueIfNoSpace, "error is the default")
+	c, err = ParseOptions([]string{"dm.block_zeroing=true"})
+	require.NoError(t, err)
+	assert.False(t, c.poolOptions("/h").SkipBlockZeroing, "dm.block_zeroing=true turns zeroing on")
 
 	// Docker's autoextend names, "80" or "80%"; any of them turns it on.
 	c, err = ParseOptions([]string{"dm.loopdatasize=10G", "dm.thinp_autoextend_threshold=70%", "dm.thinp_autoextend_percent=25",

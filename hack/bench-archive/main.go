@@ -50,7 +50,15 @@ func main() {
 	only := flag.String("only", "", "comma-separated method names to run (default all)")
 	workDir := flag.String("dir", os.TempDir(), "directory for the plain directories and the pool")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run here")
+	phases := flag.String("phases", "", "instead: time ApplyDiff's steps for these comma-separated variants (see phases.go), e.g. zero,nozero,nozero+dio")
 	flag.Parse()
+	if *phases != "" {
+		if err := runPhasesIn(*tarFile, *reps, *phases, *workDir); err != nil {
+			fmt.Fprintln(os.Stderr, "bench-archive:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(*tarFile, *reps, *only, *workDir, *cpuProfile); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-archive:", err)
 		os.Exit(1)
