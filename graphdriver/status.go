@@ -55,6 +55,7 @@ func (d *Driver) Status() [][2]string {
 		[2]string{"Deferred Deletion Enabled", yesNo(d.cfg.DeferredDeletion)},
 		[2]string{"Deferred Deleted Device Count", strconv.Itoa(pending)},
 		[2]string{"Discard On Removal", yesNo(d.cfg.blkDiscard())},
+		[2]string{"Synchronous Removal", yesNo(d.cfg.SyncRemove)},
 	)
 }
 
