@@ -272,7 +272,7 @@ func (s *Store) lockLayer(name string) (release func(), err error) {
 // afterwards; a second Close does nothing.
 func (s *Store) Close() error {
 	s.stopWorker()
-	if left, err := s.pass(context.Background(), s.opts.DeferredDeletion); left > 0 && !errors.Is(err, ErrClosed) {
+	if left, _, err := s.pass(context.Background(), time.Now(), s.opts.DeferredDeletion); left > 0 && !errors.Is(err, ErrClosed) {
 		s.log.WithError(err).WithField("left", left).Warn("close: background work left for the next open")
 	}
 	s.closeMu.Lock()

@@ -35,6 +35,13 @@ import (
 // retryBase is the first delay before a failed background step is retried.
 const retryBase = 50 * time.Millisecond
 
+// idleGrace is how long a device stays active after the last Put before
+// the worker deactivates it. A layer is often removed right after its
+// last Put (a container stopped, then removed): its device is then still
+// active, and its deletion discards through it instead of activating it
+// again; a layer mounted again soon reuses it. A variable for tests.
+var idleGrace = time.Second
+
 type worker struct {
 	kick   chan struct{} // buffered 1: work was queued
 	stop   context.CancelFunc
@@ -42,11 +49,11 @@ type worker struct {
 	passMu sync.Mutex // one pass at a time
 
 	mu   sync.Mutex
-	idle map[string]bool // layers unmounted by Put, device still active
+	idle map[string]time.Time // layers unmounted by Put, device still active: since when
 }
 
 func newWorker() *worker {
-	return &worker{kick: make(chan struct{}, 1), idle: map[string]bool{}}
+	return &worker{kick: make(chan struct{}, 1), idle: map[string]time.Time{}}
 }
 
 // wake tells the worker there is work, without waiting.
@@ -63,27 +70,33 @@ func (w *worker) setIdle(name string, idle bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if idle {
-		w.idle[name] = true
+		w.idle[name] = time.Now()
 	} else {
 		delete(w.idle, name)
 	}
 }
 
-func (w *worker) idleNames() []string {
+// idleNames lists the idle layers, those idle since before cutoff first
+// (due), and when the next of the others is due (zero if none).
+func (w *worker) idleNames(cutoff time.Time) (due []string, next time.Time, all int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	names := make([]string, 0, len(w.idle))
-	for n := range w.idle {
-		names = append(names, n)
+	for n, since := range w.idle {
+		if !since.After(cutoff) {
+			due = append(due, n)
+		} else if at := since.Add(idleGrace); next.IsZero() || at.Before(next) {
+			next = at
+		}
 	}
-	sort.Strings(names)
-	return names
+	sort.Strings(due)
+	return due, next, len(w.idle)
 }
 
 func (w *worker) isIdle(name string) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.idle[name]
+	_, ok := w.idle[name]
+	return ok
 }
 
 // startWorker starts the background goroutine; Close stops it.
@@ -96,7 +109,7 @@ func (s *Store) startWorker() {
 		defer close(w.done)
 		delay := retryBase
 		lastDeferred := time.Now()
-		var retry <-chan time.Time
+		var retry, idleDue <-chan time.Time
 		w.wake() // what Open found
 		for {
 			var deferredTick <-chan time.Time
@@ -108,13 +121,18 @@ func (s *Store) startWorker() {
 				return
 			case <-w.kick:
 			case <-retry:
+			case <-idleDue:
 			case <-deferredTick:
 			}
 			withDeferred := s.opts.DeferredDeletion && !time.Now().Before(lastDeferred.Add(s.opts.DeferredInterval))
 			if withDeferred {
 				lastDeferred = time.Now()
 			}
-			left, err := s.pass(ctx, withDeferred)
+			left, next, err := s.pass(ctx, time.Now().Add(-idleGrace), withDeferred)
+			idleDue = nil
+			if !next.IsZero() {
+				idleDue = time.After(time.Until(next))
+			}
 			switch {
 			case errors.Is(err, ErrClosed) || ctx.Err() != nil:
 				return
@@ -139,27 +157,34 @@ func (s *Store) stopWorker() {
 	}
 }
 
-// pass does the background work once: deactivations, then deletions of
-// retired devices, then (withDeferred) the deletions the pool deferred.
-// left counts what is still to do; err says why.
-func (s *Store) pass(ctx context.Context, withDeferred bool) (left int, err error) {
+// pass does the background work once: deletions of retired devices,
+// deactivations of the devices idle since before idleCutoff, then
+// (withDeferred) the deletions the pool deferred. left counts what failed
+// and is still to do, err says why; next is when the next idle device is
+// due for deactivation (zero if none).
+func (s *Store) pass(ctx context.Context, idleCutoff time.Time, withDeferred bool) (left int, next time.Time, err error) {
 	s.work.passMu.Lock()
 	defer s.work.passMu.Unlock()
 	done, err := s.enter()
 	if err != nil {
-		return 0, err
+		return 0, time.Time{}, err
 	}
 	defer done()
-	var errs []error
-	for _, name := range s.work.idleNames() {
-		if err := s.deactivateIdle(ctx, name); err != nil {
-			left++
-			errs = append(errs, err)
-		}
+	left, err = s.passLocked(ctx, idleCutoff, withDeferred)
+	_, next, _ = s.work.idleNames(idleCutoff)
+	if errors.Is(err, thinpool.ErrClosed) {
+		// The pool was closed under the store (tests simulating a
+		// crash): nothing more can be done.
+		return 0, time.Time{}, ErrClosed
 	}
+	return left, next, err
+}
+
+func (s *Store) passLocked(ctx context.Context, idleCutoff time.Time, withDeferred bool) (left int, err error) {
+	var errs []error
 	retired, err := s.pool.Retired()
 	if err != nil {
-		return left + 1, errors.Join(append(errs, err)...)
+		return 1, err
 	}
 	for _, dev := range retired {
 		if err := ctx.Err(); err != nil {
@@ -173,6 +198,13 @@ func (s *Store) pass(ctx context.Context, withDeferred bool) (left int, err erro
 		}
 		left++
 		errs = append(errs, fmt.Errorf("delete the device of removed layer %q (%s): %w", dev.Retired, dev.Name, err))
+	}
+	due, _, _ := s.work.idleNames(idleCutoff)
+	for _, name := range due {
+		if err := s.deactivateIdle(ctx, name); err != nil {
+			left++
+			errs = append(errs, err)
+		}
 	}
 	if withDeferred {
 		if err := s.retryDeletions(ctx); err != nil {
@@ -212,7 +244,7 @@ func (s *Store) deactivateIdle(ctx context.Context, name string) error {
 func (s *Store) Drain(ctx context.Context) error {
 	delay := retryBase
 	for {
-		left, err := s.pass(ctx, s.opts.DeferredDeletion)
+		left, _, err := s.pass(ctx, time.Now(), s.opts.DeferredDeletion)
 		if left == 0 && err == nil {
 			return nil
 		}
@@ -237,5 +269,6 @@ func (s *Store) Pending() (deactivations, deletions int, err error) {
 	}
 	defer done()
 	retired, err := s.pool.Retired()
-	return len(s.work.idleNames()), len(retired), err
+	_, _, idle := s.work.idleNames(time.Time{})
+	return idle, len(retired), err
 }

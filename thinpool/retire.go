@@ -101,7 +101,9 @@ func (p *Pool) Retire(ctx context.Context, name string, opts RetireOptions) (Dev
 			if derr := p.removeDM(ctx, oldDM, false); derr != nil {
 				return Device{}, errors.Join(rerr, derr, p.unretire(tomb, &old))
 			}
-			p.log.WithError(rerr).WithField("device", name).Warn("retire: deactivated the device instead of renaming it")
+			if !devmapper.IsNotFound(err) { // else it went away meanwhile (a deferred removal)
+				p.log.WithError(rerr).WithField("device", name).Warn("retire: deactivated the device instead of renaming it")
+			}
 		}
 		p.step("retire:renamed")
 	}
