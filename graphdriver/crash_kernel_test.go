@@ -320,7 +320,10 @@ func runDriverCrash(t *testing.T, cc driverCrashCase, step string) {
 	cc.after(t, d, step)
 	assertAccounted(t, d)
 
-	// The pool's metadata and the records agree.
+	// The pool's metadata and the records agree. The background work is
+	// done first, so that Cleanup does not change the pool after the
+	// records are read.
+	require.NoError(t, d.Drain(context.Background()))
 	want := recordThinIDs(t, d)
 	require.NoError(t, d.Cleanup())
 	assertNothingLeft(t, home, poolName)

@@ -44,6 +44,7 @@ func active(t *testing.T, s *Store, dev string) bool {
 // those in the pool's metadata (thin_dump, offline).
 func closeAndCheckIDs(t *testing.T, s *Store) {
 	t.Helper()
+	require.NoError(t, s.Drain(context.Background()), "Close would change the pool after the records are read")
 	devs, err := s.Pool().List()
 	require.NoError(t, err)
 	var want []uint32
