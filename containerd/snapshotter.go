@@ -96,8 +96,8 @@ func open(ctx context.Context, cfg Config, log logrus.FieldLogger, hook func(str
 		// async_remove is the layer store's asynchronous removal: one
 		// mechanism for both adapters.
 		SyncRemove: !cfg.AsyncRemove,
-		Logger:   log.WithField("snapshotter", "dmthin"),
-		StepHook: hook,
+		Logger:     log.WithField("snapshotter", "dmthin"),
+		StepHook:   hook,
 		Pool: thinpool.Options{
 			Root:       filepath.Join(cfg.RootPath, "pool"),
 			PoolDevice: cfg.PoolName,
