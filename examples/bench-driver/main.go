@@ -219,7 +219,8 @@ func lifecycle(d *graphdriver.Driver, c *cliPool, n int) error {
 	}
 
 	var drv, raw, cli side
-	var drain time.Duration // the driver's background work left after Remove
+	var drain time.Duration                           // the driver's background work left after Remove
+	var rawUmount, rawDiscard, rawDeact time.Duration // raw Put, step by step
 	pool := c.pool.Name()
 	dev := c.pool.Dev()
 	table := func(thin int) devmapper.Table {
@@ -265,16 +266,21 @@ func lifecycle(d *graphdriver.Driver, c *cliPool, n int) error {
 			},
 			func() error { return writePayload(mp) },
 			func() error {
+				t0 := time.Now()
 				if err := unix.Unmount(mp, 0); err != nil {
 					return err
 				}
 				if err := os.Remove(mp); err != nil {
 					return err
 				}
+				t1 := time.Now()
 				if err := discardAll(dm.NodePath(name), c.size); err != nil {
 					return err
 				}
-				return dm.Remove(name, devmapper.RemoveOptions{})
+				t2 := time.Now()
+				err := dm.Remove(name, devmapper.RemoveOptions{})
+				rawUmount, rawDiscard, rawDeact = rawUmount+t1.Sub(t0), rawDiscard+t2.Sub(t1), rawDeact+time.Since(t2)
+				return err
 			},
 			func() error {
 				_, err := dm.Message(pool, 0, fmt.Sprintf("delete %d", thin))
@@ -330,6 +336,9 @@ func lifecycle(d *graphdriver.Driver, c *cliPool, n int) error {
 	for i, ph := range phases {
 		fmt.Printf("%-7s %-18s %10s   %-26s %10s   %-36s %10s\n", ph.name, ph.driver, per(drv.t[i], n), ph.raw, per(raw.t[i], n), ph.cli, per(cli.t[i], n))
 	}
+	fmt.Printf("%-7s %-18s %10s   %-26s %10s\n", "", "", "", "  of which umount", per(rawUmount, n))
+	fmt.Printf("%-7s %-18s %10s   %-26s %10s\n", "", "", "", "  of which discard", per(rawDiscard, n))
+	fmt.Printf("%-7s %-18s %10s   %-26s %10s\n", "", "", "", "  of which remove", per(rawDeact, n))
 	fmt.Printf("%-7s %-18s %10s\n", "drain", "(background)", per(drain, n))
 	wait, whole, rawFull := drv.total(), drv.total()+drain, raw.total()
 	fmt.Printf("%-7s %-18s %10s   %-26s %10s   %-36s %10s\n", "life", "caller waits", per(wait, n), "", per(rawFull, n), "", per(cli.total(), n))
