@@ -218,11 +218,15 @@ var driverCrashCases = []driverCrashCase{
 		// child) deletes it.
 		name:   "remove-with-discard",
 		op:     "remove",
-		steps:  []string{layerstore.StepRemoveUnmounted, layerstore.StepRemoveRetired, layerstore.StepRemoveDeleted},
-		opts:   []string{"dm.blkdiscard=true"},
-		setup:  leftMounted,
-		exists: map[string]bool{},
+		steps: []string{layerstore.StepRemoveUnmounted, layerstore.StepRemoveRetired, layerstore.StepRemoveDeleted},
+		opts:  []string{"dm.blkdiscard=true"},
+		setup: leftMounted,
+		// Killed before the retire, the removal had not happened.
+		exists: map[string]bool{layerstore.StepRemoveUnmounted: true},
 		after: func(t *testing.T, d *Driver, step string) {
+			if d.Exists(crashTarget) {
+				require.NoError(t, d.Remove(crashTarget), "the engine retries the removal")
+			}
 			idUsableAgain(t, d, step)
 			require.NoError(t, d.Drain(context.Background()))
 			st := statusMap(d)
