@@ -216,8 +216,8 @@ var driverCrashCases = []driverCrashCase{
 	{
 		// The default: Remove retires the device, the worker (Drain in the
 		// child) deletes it.
-		name:   "remove-with-discard",
-		op:     "remove",
+		name:  "remove-with-discard",
+		op:    "remove",
 		steps: []string{layerstore.StepRemoveUnmounted, layerstore.StepRemoveRetired, layerstore.StepRemoveDeleted},
 		opts:  []string{"dm.blkdiscard=true"},
 		setup: leftMounted,
