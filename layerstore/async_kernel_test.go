@@ -186,6 +186,7 @@ func TestFailedDeleteRetried(t *testing.T) {
 
 // Close finishes the deletions the worker had not done yet.
 func TestCloseDrains(t *testing.T) {
+	testenv.RequireDM(t)
 	ctx := context.Background()
 	o := testOptions(t)
 	s, err := Open(ctx, o)
@@ -211,6 +212,7 @@ func TestCloseDrains(t *testing.T) {
 // A deletion Close cannot finish (the device is held elsewhere) stays
 // recorded, and the next Open's worker finishes it.
 func TestCloseLeavesRecord(t *testing.T) {
+	testenv.RequireDM(t)
 	ctx := context.Background()
 	o := testOptions(t)
 	o.DeferredRemoval, o.DeferredDeletion = true, true
