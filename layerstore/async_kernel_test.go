@@ -246,11 +246,11 @@ func TestSyncRemove(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, s.Put(ctx, "a"))
 	resume := pauseWorker(s)
-	defer resume()
 	require.NoError(t, s.Remove(ctx, "a"))
 	_, err = s.Pool().Lookup(DeviceName("a"))
 	assert.ErrorIs(t, err, thinpool.ErrNotFound, "deleted, not retired")
 	_, dels := pending(t, s)
 	assert.Zero(t, dels)
+	resume()
 	closeAndCheckIDs(t, s)
 }
