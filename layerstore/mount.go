@@ -120,17 +120,37 @@ func (s *Store) Put(ctx context.Context, name string) error {
 	s.step(StepPutUnmounted)
 	dev := DeviceName(name)
 	if !s.opts.DeferredRemoval {
-		info, err := s.pool.Get(dev)
-		if err != nil {
-			return fmt.Errorf("layerstore: put %q: %w", name, err)
-		}
-		if info.OpenCount > 0 {
-			return fmt.Errorf("%w: put %q: unmounted, but the device is held elsewhere: %w: %q is open", ErrBusy, name, thinpool.ErrBusy, dev)
+		if err := s.waitClosed(ctx, dev); err != nil {
+			return fmt.Errorf("%w: put %q: unmounted, but the device is held elsewhere: %w", ErrBusy, name, err)
 		}
 	}
 	s.work.setIdle(name, true)
 	s.work.wake()
 	return nil
+}
+
+// waitClosed waits a little for dev to have no opener: the filesystem's
+// last reference to it can be dropped by another task (one syncing, say)
+// just after umount returns. It fails with thinpool.ErrBusy if it stays
+// open for about 150 ms.
+func (s *Store) waitClosed(ctx context.Context, dev string) error {
+	for i := 0; ; i++ {
+		info, err := s.pool.Get(dev)
+		if err != nil {
+			return err
+		}
+		if info.OpenCount == 0 {
+			return nil
+		}
+		if i == 4 {
+			return fmt.Errorf("%w: %q is open", thinpool.ErrBusy, dev)
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(fmt.Errorf("%w: %q is open", thinpool.ErrBusy, dev), ctx.Err())
+		case <-time.After(time.Duration(10<<i) * time.Millisecond):
+		}
+	}
 }
 
 // Mounted reports whether the store has layer name mounted, and by how

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/dmthin/dmthin/devmapper"
 )
@@ -67,13 +70,25 @@ func (p *Pool) Retire(ctx context.Context, name string, opts RetireOptions) (Dev
 	defer unlock()
 
 	oldDM, newDM := p.dmName(name), p.dmName(tomb)
-	info, err := p.dm.Info(oldDM)
-	active := err == nil
-	if err != nil && !devmapper.IsNotFound(err) {
-		return Device{}, fmt.Errorf("thinpool: retire %q: %w", name, err)
-	}
-	if active && info.OpenCount > 0 && !opts.AllowOpen {
-		return Device{}, fmt.Errorf("thinpool: retire %q: %w: %q is open", name, ErrBusy, name)
+	var info devmapper.Info
+	active := false
+	// An opener may be closing it (the last reference of an unmounted
+	// filesystem can be dropped by another task just after umount
+	// returns): wait a little, as removeDM does, before refusing.
+	err = retryBusy(ctx, 5, 10*time.Millisecond, func() error {
+		var err error
+		info, err = p.dm.Info(oldDM)
+		active = err == nil
+		if err != nil && !devmapper.IsNotFound(err) {
+			return fmt.Errorf("thinpool: retire %q: %w", name, err)
+		}
+		if active && info.OpenCount > 0 && !opts.AllowOpen {
+			return fmt.Errorf("thinpool: retire %q: %w: %q is open: %w", name, ErrBusy, name, unix.EBUSY)
+		}
+		return nil
+	})
+	if err != nil {
+		return Device{}, err
 	}
 
 	old := *rec
