@@ -28,9 +28,11 @@ type Config struct {
 	PoolName string `toml:"pool_name"`
 	// BaseImageSize is the size of every snapshot's filesystem, e.g. "10GB".
 	BaseImageSize string `toml:"base_image_size"`
-	// AsyncRemove: Remove makes the removal durable and returns; the thin
-	// device is deleted by Cleanup (containerd's garbage collector calls
-	// it). false: Remove deletes the device before it returns.
+	// AsyncRemove: Remove makes the removal durable, frees the key and
+	// returns; the thin device is deleted in the background (the layer
+	// store's worker), and Cleanup (containerd's garbage collector calls
+	// it) waits for that. false: Remove deletes the device before it
+	// returns.
 	AsyncRemove bool `toml:"async_remove"`
 	// DiscardBlocks: discard a device's blocks before deleting it, so a
 	// loopback file gives the space back to its filesystem.

@@ -72,7 +72,9 @@ func crashChild(v string) error {
 	case "commit":
 		err = sn.Commit(ctx, "c2", "a1")
 	case "remove":
-		err = sn.Remove(ctx, "a1")
+		if err = sn.Remove(ctx, "a1"); err == nil {
+			err = sn.Cleanup(ctx)
+		}
 	default:
 		err = fmt.Errorf("unknown op %q", plan.Op)
 	}
@@ -97,7 +99,9 @@ func TestCrash(t *testing.T) {
 		{"view", []string{stepPrepareDevice, stepPrepareLabelled}, false},
 		{"commit", []string{stepCommitDeactivated, stepCommitLabelled}, false},
 		{"remove", []string{stepRemoveDeactivated, layerstore.StepRemoveMarked, layerstore.StepRemoveUnmounted, layerstore.StepRemoveDeleted}, false},
-		{"remove", []string{stepRemoveDeactivated, stepRemoveMarked}, true},
+		// async_remove: the layer store retires the device; the child's
+		// Cleanup waits for the background deletion.
+		{"remove", []string{layerstore.StepRemoveUnmounted, layerstore.StepRemoveRetired, layerstore.StepRemoveDeleted}, true},
 	}
 	for _, c := range cases {
 		for _, step := range c.steps {
@@ -234,6 +238,9 @@ func closeAndCheck(t *testing.T, cfg Config) error {
 		t.Errorf("reopen for the final check: %v", err)
 		return err
 	}
+	// What the background worker has to do (async_remove) is done first,
+	// so that Close does not change the pool after the records are read.
+	require.NoError(t, sn.Store().Drain(context.Background()))
 	devs, err := sn.Store().Pool().List()
 	require.NoError(t, err)
 	prefix := sn.Store().Pool().Name()

@@ -42,7 +42,7 @@ type Snapshotter struct {
 
 	mu      sync.Mutex
 	index   map[string]*entry // by key (active, view) or name (committed)
-	removed []string          // layers removed by an async Remove, for Cleanup
+	removed []string          // layers an earlier version marked removed (labelRemoved), for Cleanup
 	closed  bool
 }
 
@@ -70,8 +70,7 @@ const (
 	stepPrepareLabelled   = "prepare:labelled"   // labels written, the device not yet active
 	stepCommitDeactivated = "commit:deactivated" // device deactivated, still recorded active
 	stepCommitLabelled    = "commit:labelled"
-	stepRemoveDeactivated = "remove:deactivated"
-	stepRemoveMarked      = "remove:marked" // async_remove: the removal recorded, the device not yet deleted
+	stepRemoveDeactivated = "remove:deactivated" // without async_remove
 )
 
 func (s *Snapshotter) step(name string) {
@@ -95,6 +94,9 @@ func open(ctx context.Context, cfg Config, log logrus.FieldLogger, hook func(str
 		BaseSize:   sz.base,
 		Filesystem: cfg.FsType,
 		Discard:    cfg.DiscardBlocks,
+		// async_remove is the layer store's asynchronous removal: one
+		// mechanism for both adapters.
+		SyncRemove: !cfg.AsyncRemove,
 		Logger:     log.WithField("snapshotter", "dmthin"),
 		StepHook:   hook,
 		Pool: thinpool.Options{
@@ -519,7 +521,8 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 }
 
 // Remove removes a snapshot that has no children. With async_remove the
-// removal is durable when Remove returns and Cleanup deletes the device.
+// removal is durable and the key free when Remove returns; the device is
+// deleted in the background, and Cleanup waits for that.
 func (s *Snapshotter) Remove(ctx context.Context, key string) (err error) {
 	e, err := s.claim(key)
 	if err != nil {
@@ -543,6 +546,19 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) (err error) {
 	}
 	s.mu.Unlock()
 
+	if s.cfg.AsyncRemove {
+		// The layer store retires the device (its removal durable, the
+		// name free; a device still mounted is refused) and deletes it in
+		// the background; Cleanup waits for that.
+		if err := s.ls.Remove(ctx, e.layer); err != nil && !errors.Is(err, layerstore.ErrNotFound) {
+			if errors.Is(err, layerstore.ErrBusy) {
+				return fmt.Errorf("remove %q: its device is still mounted: %w: %w", key, errdefs.ErrFailedPrecondition, err)
+			}
+			return fmt.Errorf("remove %q: %w", key, mapStoreErr(err))
+		}
+		removed = true
+		return nil
+	}
 	if e.info.Kind != snapshots.KindCommitted {
 		if err := s.ls.Deactivate(ctx, e.layer); err != nil {
 			if errors.Is(err, layerstore.ErrBusy) {
@@ -554,17 +570,6 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) (err error) {
 		}
 	}
 	s.step(stepRemoveDeactivated)
-	if s.cfg.AsyncRemove {
-		if err := s.ls.SetLabels(ctx, e.layer, map[string]string{labelRemoved: "1"}); err != nil {
-			return fmt.Errorf("remove %q: %w", key, err)
-		}
-		s.step(stepRemoveMarked)
-		s.mu.Lock()
-		s.removed = append(s.removed, e.layer)
-		s.mu.Unlock()
-		removed = true
-		return nil
-	}
 	if err := s.ls.Remove(ctx, e.layer); err != nil && !errors.Is(err, layerstore.ErrNotFound) {
 		return fmt.Errorf("remove %q: %w", key, mapStoreErr(err))
 	}
@@ -572,7 +577,9 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) (err error) {
 	return nil
 }
 
-// Cleanup deletes the devices of snapshots removed with async_remove.
+// Cleanup waits for the deletion of the devices of snapshots removed with
+// async_remove (layerstore's Drain), and removes the layers an earlier
+// version only marked removed.
 func (s *Snapshotter) Cleanup(ctx context.Context) error {
 	s.mu.Lock()
 	todo := s.removed
@@ -588,6 +595,9 @@ func (s *Snapshotter) Cleanup(ctx context.Context) error {
 	s.mu.Lock()
 	s.removed = append(s.removed, left...)
 	s.mu.Unlock()
+	if err := s.ls.Drain(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 

@@ -3,6 +3,7 @@ package graphdriver
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -38,7 +39,7 @@ const stepTarHalf = "tar:half"
 type crashSpec struct {
 	Home    string
 	Options []string
-	Op      string // init, create, remove, applydiff
+	Op      string // init, create, remove, put, applydiff
 	Step    string
 	ID      string
 	Size    string
@@ -80,7 +81,16 @@ func crashChild(raw string) {
 		case "create":
 			err = d.Create(sp.ID, "", &CreateOpts{StorageOpt: map[string]string{"size": sp.Size}})
 		case "remove":
-			err = d.Remove(sp.ID)
+			// Drain: the crash may be meant for the background deletion.
+			if err = d.Remove(sp.ID); err == nil {
+				err = d.Drain(context.Background())
+			}
+		case "put":
+			if _, err = d.Get(sp.ID, ""); err == nil {
+				if err = d.Put(sp.ID); err == nil {
+					err = d.Drain(context.Background())
+				}
+			}
 		case "applydiff":
 			_, err = d.ApplyDiff(sp.ID, "", &killingReader{r: bytes.NewReader(crashTar()), killAt: int64(len(crashTar()) / 2), armed: sp.Step == stepTarHalf})
 		}
@@ -195,21 +205,50 @@ var driverCrashCases = []driverCrashCase{
 		},
 	},
 	{
+		name:   "sync-remove-with-discard",
+		op:     "remove",
+		steps:  []string{layerstore.StepRemoveMarked, layerstore.StepRemoveUnmounted, layerstore.StepRemoveDeleted},
+		opts:   []string{"dm.blkdiscard=true", "dm.sync_remove=true"},
+		setup:  leftMounted,
+		exists: map[string]bool{},
+		after:  idUsableAgain,
+	},
+	{
+		// The default: Remove retires the device, the worker (Drain in the
+		// child) deletes it.
 		name:  "remove-with-discard",
 		op:    "remove",
-		steps: []string{layerstore.StepRemoveMarked, layerstore.StepRemoveUnmounted, layerstore.StepRemoveDeleted},
+		steps: []string{layerstore.StepRemoveUnmounted, layerstore.StepRemoveRetired, layerstore.StepRemoveDeleted},
 		opts:  []string{"dm.blkdiscard=true"},
+		setup: leftMounted,
+		// Killed before the retire, the removal had not happened.
+		exists: map[string]bool{layerstore.StepRemoveUnmounted: true},
+		after: func(t *testing.T, d *Driver, step string) {
+			if d.Exists(crashTarget) {
+				require.NoError(t, d.Remove(crashTarget), "the engine retries the removal")
+			}
+			idUsableAgain(t, d, step)
+			require.NoError(t, d.Drain(context.Background()))
+			st := statusMap(d)
+			assert.Equal(t, "0", st["Deferred Deleted Device Count"], "the retired device was deleted after a crash at %s", step)
+		},
+	},
+	{
+		// Put's deactivation, left to the worker (Drain in the child).
+		name:  "put",
+		op:    "put",
+		steps: []string{layerstore.StepPutUnmounted, layerstore.StepPutDeactivated},
 		setup: func(t *testing.T, home string) {
 			d := initDriver(t, home, smallPool)
 			require.NoError(t, d.Create(crashTarget, "", nil))
-			withLayer(t, d, crashTarget, func(root string) { writeFile(t, root, "f", "data\n") })
-			mustGet(t, d, crashTarget) // left mounted: Remove unmounts it
-			require.NoError(t, d.store.Pool().Close())
+			require.NoError(t, d.Cleanup())
 		},
-		exists: map[string]bool{},
-		after: func(t *testing.T, d *Driver, _ string) {
-			require.NoError(t, d.Create(crashTarget, "", nil), "the id can be used again")
-			withLayer(t, d, crashTarget, func(root string) { assert.Empty(t, dirNames(t, root)) })
+		exists: map[string]bool{layerstore.StepPutUnmounted: true, layerstore.StepPutDeactivated: true},
+		after: func(t *testing.T, d *Driver, step string) {
+			require.NoError(t, d.Drain(context.Background()))
+			dev, err := d.store.Pool().Get(layerstore.DeviceName(crashTarget))
+			require.NoError(t, err)
+			assert.False(t, dev.Active, "a device left active by a crash at %s is deactivated, not leaked", step)
 		},
 	},
 	{
@@ -232,6 +271,21 @@ var driverCrashCases = []driverCrashCase{
 			assert.Equal(t, int64(16*256*units.KiB), n)
 		},
 	},
+}
+
+// leftMounted makes the crash target with a file and leaves it mounted by
+// a process that dies (Remove unmounts it).
+func leftMounted(t *testing.T, home string) {
+	d := initDriver(t, home, smallPool)
+	require.NoError(t, d.Create(crashTarget, "", nil))
+	withLayer(t, d, crashTarget, func(root string) { writeFile(t, root, "f", "data\n") })
+	mustGet(t, d, crashTarget) // left mounted: Remove unmounts it
+	require.NoError(t, d.store.Pool().Close())
+}
+
+func idUsableAgain(t *testing.T, d *Driver, _ string) {
+	require.NoError(t, d.Create(crashTarget, "", nil), "the id can be used again")
+	withLayer(t, d, crashTarget, func(root string) { assert.Empty(t, dirNames(t, root)) })
 }
 
 func TestDriverCrash(t *testing.T) {
@@ -270,7 +324,10 @@ func runDriverCrash(t *testing.T, cc driverCrashCase, step string) {
 	cc.after(t, d, step)
 	assertAccounted(t, d)
 
-	// The pool's metadata and the records agree.
+	// The pool's metadata and the records agree. The background work is
+	// done first, so that Cleanup does not change the pool after the
+	// records are read.
+	require.NoError(t, d.Drain(context.Background()))
 	want := recordThinIDs(t, d)
 	require.NoError(t, d.Cleanup())
 	assertNothingLeft(t, home, poolName)

@@ -42,14 +42,22 @@
 // pool's table (refused with dm.thinpooldev, whose table is its maker's).
 //
 // Get mounts a layer on first use and counts references; Put unmounts at the
-// last one and deactivates the device. Remove refuses (ErrBusy) a layer
-// with a Get not yet Put: the engine Puts first. Calls for different layer
-// ids run concurrently; calls for one id are serialised.
+// last one, and a background worker deactivates the device once it has
+// been idle for a second. Remove refuses (ErrBusy) a layer with a Get not
+// yet Put: the engine Puts first. Remove is asynchronous by default: it
+// returns once the removal is durable (the device retired under a
+// tombstone name, so the id is free for Create at once), and the worker
+// discards and deletes the device; dm.sync_remove=true makes Remove wait
+// for that, for callers that need the space back before it returns. Drain
+// waits for the worker; Cleanup makes one last attempt and Init finishes
+// what is left. Calls for different layer ids run concurrently; calls for
+// one id are serialised.
 //
 // After a crash, Init settles what was cut short: a layer whose creation
 // did not finish is rolled back (it never existed), a removal that was
-// decided is finished, temporary mounts are undone, and only the driver's
-// own layer mounts under mnt/ are adopted.
+// decided is finished, temporary mounts are undone, only the driver's own
+// layer mounts under mnt/ are adopted, and devices left active without a
+// mount are deactivated.
 //
 // It is not for: managing images or containers (the engine does), sharing a
 // home between two processes at once (the pool's lock refuses the second),

@@ -112,6 +112,7 @@ func (d *Driver) storeOptions() layerstore.Options {
 		Discard:              d.cfg.blkDiscard(),
 		DeferredRemoval:      d.cfg.DeferredRemoval,
 		DeferredDeletion:     d.cfg.DeferredDeletion,
+		SyncRemove:           d.cfg.SyncRemove,
 		DeferredInterval:     deferredInterval,
 		Logger:               d.log,
 		StepHook:             d.stepHook,
@@ -177,12 +178,23 @@ func (d *Driver) storageSize(opts *CreateOpts) (int64, error) {
 	return size, nil
 }
 
-// Remove unmounts layer id if it is mounted, deactivates and deletes its
-// device. When the device is held by someone else, Remove fails with ErrBusy,
-// unless deferred deletion is on: then the layer is gone for the driver
-// (Exists is false) and its device is deleted once closed.
+// Remove removes layer id: when it returns, Exists is false and id can be
+// used by Create at once. Its device is discarded and deleted in the
+// background (Drain waits for that; a crash leaves it for the next Init),
+// or before Remove returns with dm.sync_remove=true. When the device is
+// held by someone else, Remove fails with ErrBusy, unless deferred deletion
+// is on: then the layer is gone for the driver and its device is deleted
+// once closed.
 func (d *Driver) Remove(id string) error {
-	return d.store.Remove(context.Background(), id)
+	return storeErr(d.store.Remove(context.Background(), id))
+}
+
+// Drain waits for the background work of earlier Puts and Removes: the
+// deactivation of unmounted layers' devices and the deletion of removed
+// layers' devices. It is not part of Docker's interface; nobody has to call
+// it (Cleanup makes one last attempt, and Init finishes what is left).
+func (d *Driver) Drain(ctx context.Context) error {
+	return storeErr(d.store.Drain(ctx))
 }
 
 // Exists reports whether layer id exists (and is not being deleted).
@@ -201,9 +213,9 @@ func (d *Driver) Get(id, mountLabel string) (string, error) {
 	return d.store.Get(context.Background(), id, layerstore.MountOptions{Flags: flags, Data: data})
 }
 
-// Put releases a Get. The last one unmounts the layer and deactivates its
-// device (deferred, when dm.use_deferred_removal is on and the device is
-// still held by someone else).
+// Put releases a Get. The last one unmounts the layer; its device is
+// deactivated in the background (deferred, when dm.use_deferred_removal is
+// on and the device is still held by someone else).
 func (d *Driver) Put(id string) error { return d.store.Put(context.Background(), id) }
 
 // Cleanup unmounts every layer, deactivates every device and, unless the

@@ -153,12 +153,13 @@ func TestRemoveBusyLayer(t *testing.T) {
 	assert.False(t, d.Exists("held"))
 }
 
-// With deferred removal and deletion, a busy layer is gone for the driver at
-// once and its device is deleted when closed: on the next attempt, or at the
-// next start.
+// With deferred removal and deletion and synchronous removal (the
+// behaviour before asynchronous removal), a busy layer is gone for the
+// driver at once and its device is deleted when closed: on the next
+// attempt, or at the next start; its id is taken until then.
 func TestDeferredDeletion(t *testing.T) {
 	home := newHome(t)
-	deferred := []string{"dm.use_deferred_removal=true", "dm.use_deferred_deletion=true"}
+	deferred := []string{"dm.use_deferred_removal=true", "dm.use_deferred_deletion=true", "dm.sync_remove=true"}
 	d := initDriver(t, home, append(smallPool, deferred...))
 	poolName := d.store.Pool().Name()
 
@@ -196,29 +197,72 @@ func TestDeferredDeletion(t *testing.T) {
 	assert.True(t, d.Exists("busy"))
 }
 
-// The background worker finishes deferred deletions without being asked.
-func TestDeferredDeletionWorker(t *testing.T) {
-	old := deferredInterval
-	deferredInterval = 50 * time.Millisecond
-	t.Cleanup(func() { deferredInterval = old })
-	d := openDriver(t, newHome(t), "dm.use_deferred_removal=true", "dm.use_deferred_deletion=true")
+// With asynchronous removal (the default) and deferred deletion, a busy
+// layer is gone for the driver at once and its id is free at once; its
+// device is deleted once closed, and a deletion left at shutdown is done
+// at the next start.
+func TestDeferredDeletionAsync(t *testing.T) {
+	home := newHome(t)
+	deferred := []string{"dm.use_deferred_removal=true", "dm.use_deferred_deletion=true"}
+	d := initDriver(t, home, append(smallPool, deferred...))
+	poolName := d.store.Pool().Name()
+
 	require.NoError(t, d.Create("busy", "", nil))
 	f := holdDevice(t, d, "busy")
 	require.NoError(t, d.Put("busy"))
 	require.NoError(t, d.Remove("busy"))
+	assert.False(t, d.Exists("busy"))
 	assert.Equal(t, "1", statusMap(d)["Deferred Deleted Device Count"])
-	// No waiting for the kernel here: the worker may well fire while the
-	// kernel is still tearing the device down.
+	assert.Equal(t, "0", statusMap(d)["Layers"])
+	require.NoError(t, d.Create("busy", "", nil), "the id is free at once, while the old device is held")
+	withLayer(t, d, "busy", func(root string) { assert.Empty(t, dirNames(t, root), "a new layer") })
 	require.NoError(t, f.Close())
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, present := layerDevices(t, d)[layerstore.DeviceName("busy")]; !present {
-			break
-		}
-		require.True(t, time.Now().Before(deadline), "the deferred deletion was not finished within 10s")
-		time.Sleep(20 * time.Millisecond)
-	}
+	require.NoError(t, d.Drain(context.Background()))
 	assert.Equal(t, "0", statusMap(d)["Deferred Deleted Device Count"])
+
+	// Held through shutdown: recorded, and done at the next start.
+	require.NoError(t, d.Create("busy2", "", nil))
+	f = holdDevice(t, d, "busy2")
+	require.NoError(t, d.Put("busy2"))
+	require.NoError(t, d.Remove("busy2"))
+	require.Error(t, d.Cleanup(), "a device held elsewhere cannot be deactivated")
+	require.NoError(t, f.Close())
+	d = openDriver(t, home, deferred...)
+	require.NoError(t, d.Drain(context.Background()))
+	assert.Equal(t, "0", statusMap(d)["Deferred Deleted Device Count"])
+	assert.False(t, d.Exists("busy2"))
+	assert.True(t, d.Exists("busy"))
+	require.NoError(t, d.Cleanup())
+	assertNothingLeft(t, home, poolName)
+}
+
+// The background worker finishes deferred deletions without being asked,
+// with synchronous removal (the pool's deferred deletion) and with the
+// default asynchronous one (the deletion of the retired device).
+func TestDeferredDeletionWorker(t *testing.T) {
+	old := deferredInterval
+	deferredInterval = 50 * time.Millisecond
+	t.Cleanup(func() { deferredInterval = old })
+	for _, mode := range []string{"dm.sync_remove=true", "dm.sync_remove=false"} {
+		t.Run(mode, func(t *testing.T) {
+			d := openDriver(t, newHome(t), "dm.use_deferred_removal=true", "dm.use_deferred_deletion=true", mode)
+			require.NoError(t, d.Create("busy", "", nil))
+			f := holdDevice(t, d, "busy")
+			require.NoError(t, d.Put("busy"))
+			require.NoError(t, d.Remove("busy"))
+			assert.Equal(t, "1", statusMap(d)["Deferred Deleted Device Count"])
+			// No waiting for the kernel here: the worker may well fire while
+			// the kernel is still tearing the device down.
+			require.NoError(t, f.Close())
+			deadline := time.Now().Add(10 * time.Second)
+			for statusMap(d)["Deferred Deleted Device Count"] != "0" {
+				require.True(t, time.Now().Before(deadline), "the deferred deletion was not finished within 10s")
+				time.Sleep(20 * time.Millisecond)
+			}
+			_, present := layerDevices(t, d)[layerstore.DeviceName("busy")]
+			assert.False(t, present)
+		})
+	}
 }
 
 // A pool over given block devices: dm.datadev and dm.metadatadev.

@@ -3,6 +3,7 @@ package graphdriver
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -125,6 +126,8 @@ func testLayerLifecycle(t *testing.T, fc driverFS) {
 	assert.False(t, isMounted(t, d, "ctr"))
 	assert.ErrorIs(t, d.Put("ctr"), ErrNotMounted)
 
+	// Put leaves the deactivation to the background worker.
+	require.NoError(t, d.Drain(context.Background()))
 	meta, err := d.GetMetadata("app")
 	require.NoError(t, err)
 	assert.Equal(t, strconv.FormatInt(fc.base, 10), meta["DeviceSize"])
@@ -146,6 +149,9 @@ func testLayerLifecycle(t *testing.T, fc driverFS) {
 	require.NoError(t, d.Remove("app"))
 	require.NoError(t, d.Remove("os"))
 	assert.Equal(t, "0", statusMap(d)["Layers"])
+	// Remove leaves the devices' deletion to the background worker.
+	require.NoError(t, d.Drain(context.Background()))
+	assert.Equal(t, "0", statusMap(d)["Deferred Deleted Device Count"])
 	assert.Empty(t, activeDMWithPrefix(t, d.store.Pool().Name()), "no layer device left active")
 }
 

@@ -155,6 +155,14 @@ type Config struct {
 	// LoopMetadataSizeMax (dm.loopmetadatasize_max): the metadata file
 	// never grows past it; 0 means the most a pool can use (16320MiB).
 	LoopMetadataSizeMax int64
+	// SyncRemove (dm.sync_remove): Remove deletes the layer's device
+	// (discard included) before it returns, for callers that need the
+	// space back at once. By default (false) Remove returns as soon as the
+	// removal is durable and the id free for a new Create; the device is
+	// discarded and deleted in the background, and a crash leaves it for
+	// the next Init to delete. The option is named for the non-default
+	// behaviour so that the zero Config is the default one.
+	SyncRemove bool
 }
 
 // DefaultConfig returns the configuration Init uses when given no options.
@@ -173,6 +181,7 @@ var unsupported = map[string]string{
 	"dm.override_udev_sync_check":     "dmthin does not use udev: it makes its own device nodes",
 	"dm.use_deferred_device_removal":  "did you mean dm.use_deferred_removal?",
 	"dm.use_deferred_device_deletion": "did you mean dm.use_deferred_deletion?",
+	"dm.async_remove":                 "removal is asynchronous by default; dm.sync_remove=true makes Remove wait for the device's deletion",
 }
 
 // ParseOptions parses Docker-style "dm.key=value" strings into a Config,
@@ -335,6 +344,8 @@ func (c *Config) set(opt string) error {
 		return size(&c.LoopDataSizeMax)
 	case "dm.loopmetadatasize_max":
 		return size(&c.LoopMetadataSizeMax)
+	case "dm.sync_remove":
+		return boolean(&c.SyncRemove)
 	}
 	if why, ok := unsupported[key]; ok {
 		return fmt.Errorf("%w: %s is not supported: %s", ErrInvalidOptions, key, why)

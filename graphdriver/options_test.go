@@ -32,6 +32,7 @@ func TestParseOptionsDockerNames(t *testing.T) {
 		"dm.min_free_space=5%",
 		"DM.Use_Deferred_Removal=true",
 		"dm.use_deferred_deletion=1",
+		"dm.sync_remove=true",
 	})
 	require.NoError(t, err)
 	assert.Equal(t, int64(20*units.GiB), c.BaseSize)
@@ -48,6 +49,7 @@ func TestParseOptionsDockerNames(t *testing.T) {
 	assert.Equal(t, 5, *c.MinFreeSpacePercent)
 	assert.True(t, c.DeferredRemoval)
 	assert.True(t, c.DeferredDeletion)
+	assert.True(t, c.SyncRemove)
 
 	po := c.poolOptions("/var/lib/x")
 	assert.Equal(t, "/var/lib/x", po.Root)
@@ -63,6 +65,7 @@ func TestParseOptionsDefaults(t *testing.T) {
 	assert.True(t, c.loopback())
 	assert.True(t, c.blkDiscard(), "blkdiscard defaults to on for a loopback pool, as in Docker")
 	assert.Nil(t, c.MinFreeSpacePercent)
+	assert.False(t, c.SyncRemove, "removal is asynchronous by default")
 
 	c, err = ParseOptions([]string{"dm.thinpooldev=/dev/mapper/mypool"})
 	require.NoError(t, err)
@@ -110,6 +113,8 @@ func TestParseOptionsErrorsNameTheOption(t *testing.T) {
 		{"dm.loopdatasize=0", "dm.loopdatasize=0"},
 		{"dm.blkdiscard=maybe", "dm.blkdiscard=maybe"},
 		{"dm.use_deferred_removal=yes", "dm.use_deferred_removal=yes"},
+		{"dm.sync_remove=sometimes", "dm.sync_remove=sometimes"},
+		{"dm.async_remove=false", "dm.sync_remove=true makes Remove wait"},
 		{"dm.min_free_space=10", "dm.min_free_space=10"},
 		{"dm.min_free_space=x%", "dm.min_free_space=x%"},
 		{"dm.mountopt=a,,b", "dm.mountopt=a,,b"},

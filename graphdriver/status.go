@@ -57,6 +57,7 @@ func (d *Driver) Status() [][2]string {
 		[2]string{"Discard On Removal", yesNo(d.cfg.blkDiscard())},
 		[2]string{"Pool No Space Policy", noSpace(s.ErrorIfNoSpace)},
 		[2]string{"Pool Auto-extend", d.cfg.autoExtendText()},
+		[2]string{"Synchronous Removal", yesNo(d.cfg.SyncRemove)},
 	)
 }
 

@@ -175,7 +175,9 @@ func (s *Store) isLayerDev(name string, dev uint64) bool {
 
 // settleLayers finishes what a crash cut short, by the state label of each
 // layer: an incomplete layer is rolled back, a layer being removed is
-// deleted. One that cannot be settled now (its device held by someone
+// deleted, and a layer whose device was left active without a mount is
+// queued for deactivation. (Devices retired by Remove are the worker's:
+// it starts with them.) One that cannot be settled now (its device held by someone
 // else) is reported and left for Create, Remove or the next Open: it does
 // not exist for the caller meanwhile, and the store opens.
 func (s *Store) settleLayers(ctx context.Context) error {
@@ -187,6 +189,11 @@ func (s *Store) settleLayers(ctx context.Context) error {
 		name, ok := layerName(dev.Name)
 		if !ok || dev.State != thinpool.StateReady {
 			continue
+		}
+		if usable(dev) && dev.Active && s.mounts[name] == nil {
+			// Left active by a Put whose deactivation a crash cut short
+			// (or by another user of the pool): the worker deactivates it.
+			s.work.setIdle(name, true)
 		}
 		state := dev.Labels[LabelState]
 		if state == "" {

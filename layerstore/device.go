@@ -37,6 +37,7 @@ func (s *Store) Activate(ctx context.Context, name string) (string, error) {
 	if _, err := s.lookupLocked(name); err != nil {
 		return "", err
 	}
+	s.work.setIdle(name, false)
 	node, err := s.pool.Activate(ctx, DeviceName(name))
 	if err != nil {
 		return "", fmt.Errorf("layerstore: activate %q: %w", name, err)

@@ -11,7 +11,11 @@
 //     optionally bigger, its filesystem grown to the new size;
 //   - mounts with reference counts (Get/Put), and adoption at Open of the
 //     mounts a previous process of this store left behind;
-//   - removal, immediate or deferred until the device is closed;
+//   - removal: asynchronous by default (the device retired at once, so the
+//     name is free, and deleted by a background worker that also
+//     deactivates the devices of layers Put left idle), synchronous with
+//     Options.SyncRemove, deferred until the device is closed with
+//     DeferredDeletion;
 //   - crash safety: every multi-step change records its progress in the
 //     thin device's own record in thinpool (labels), so one store holds
 //     the truth, and Open settles whatever a crash left half-done.

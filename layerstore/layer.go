@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"time"
 
 	"github.com/docker/go-units"
 	"github.com/sirupsen/logrus"
@@ -131,19 +130,21 @@ func (s *Store) dropLocked(ctx context.Context, name string, discard bool) error
 	return removeIfEmpty(s.mountPoint(name))
 }
 
-// Remove deletes layer name: it unmounts a mount adopted from an earlier
-// process, deactivates and deletes the device. A layer with a Get not yet
-// Put is refused with ErrBusy: its holder's mount stays intact (the engine
-// Puts, then removes). When the device is held by someone else, Remove
-// fails with ErrBusy and the layer stays, unless deferred deletion is on:
-// then the layer is gone for the store (Exists is false) and its device is
-// deleted once closed.
+// Remove deletes layer name. A layer with a Get not yet Put is refused
+// with ErrBusy: its holder's mount stays intact (the engine Puts, then
+// removes). When the device is held by someone else, Remove fails with
+// ErrBusy and the layer stays, unless deferred deletion is on: then the
+// layer is gone for the store (Exists is false) and its device is deleted
+// once closed. A layer that does not exist for the caller (half-made,
+// half-removed, faulty) can be removed too.
 //
-// The removal is durable before anything of the layer is changed: the
-// layer is first marked removing in its record, so a crash at any later
-// point leaves a layer that does not exist, whose deletion Open finishes.
-// A layer that does not exist for the caller (half-made, half-removed,
-// faulty) can be removed too.
+// By default Remove unmounts a mount adopted from an earlier process and
+// retires the layer's device (thinpool.Retire: one store commit, and a
+// rename of an active device), then returns: the layer no longer exists,
+// its name can be used by Create at once, and a crash at any later point
+// leaves a retired device that the next Open deletes. The background
+// worker discards and deletes the device; Drain waits for it. With
+// Options.SyncRemove, Remove deletes the device before it returns.
 func (s *Store) Remove(ctx context.Context, name string) error {
 	release, err := s.lockLayer(name)
 	if err != nil {
@@ -170,6 +171,57 @@ func (s *Store) Remove(ctx context.Context, name string) error {
 		}
 		return nil
 	}
+	if s.opts.SyncRemove || !usable(info) {
+		return s.removeSyncLocked(ctx, name, info)
+	}
+	return s.retireLocked(ctx, name)
+}
+
+// retireLocked is Remove's default: the layer goes at once, its device is
+// the worker's to delete.
+func (s *Store) retireLocked(ctx context.Context, name string) error {
+	dev := DeviceName(name)
+	if s.mountOf(name) != nil {
+		// A mount adopted from an earlier process: mnt/<name> must be free
+		// for a new layer of that name.
+		if err := s.unmountLocked(name, s.opts.DeferredDeletion); err != nil {
+			return fmt.Errorf("layerstore: remove %q: %w", name, err)
+		}
+	}
+	s.step(StepRemoveUnmounted)
+	s.work.setIdle(name, false)
+	_, err := s.pool.Retire(ctx, dev, thinpool.RetireOptions{AllowOpen: s.opts.DeferredDeletion})
+	if errors.Is(err, thinpool.ErrBusy) {
+		// Refused before anything was changed: the layer stays.
+		if s.opts.DeferredRemoval {
+			// The layer stays, but its device goes away at last close.
+			if derr := s.pool.Deactivate(ctx, dev, true); derr != nil {
+				err = errors.Join(err, derr)
+			}
+		}
+		return fmt.Errorf("%w: remove %q: %w", ErrBusy, name, err)
+	}
+	if err != nil {
+		return fmt.Errorf("layerstore: remove %q: %w", name, err)
+	}
+	s.step(StepRemoveRetired)
+	if err := removeIfEmpty(s.mountPoint(name)); err != nil {
+		s.log.WithError(err).WithField("layer", name).Warn("mount point left behind")
+	}
+	s.work.wake()
+	s.log.WithField("layer", name).Debug("layer removed; its device is deleted in the background")
+	return nil
+}
+
+// removeSyncLocked is Remove with SyncRemove, and for a layer whose
+// deletion the pool started under its own name: the device is deleted
+// before it returns.
+//
+// The removal is durable before anything of the layer is changed: the
+// layer is first marked removing in its record, so a crash at any later
+// point leaves a layer that does not exist, whose deletion Open finishes.
+func (s *Store) removeSyncLocked(ctx context.Context, name string, info thinpool.Device) error {
+	dev := DeviceName(name)
 	marked := false
 	if usable(info) {
 		if err := s.pool.SetLabels(ctx, dev, stateLabels(StateRemoving)); err != nil {
@@ -191,7 +243,8 @@ func (s *Store) Remove(ctx context.Context, name string) error {
 		}
 	}
 	s.step(StepRemoveUnmounted)
-	err = s.pool.Delete(ctx, dev, thinpool.DeleteOptions{Discard: s.opts.Discard, Deferred: s.opts.DeferredDeletion})
+	s.work.setIdle(name, false)
+	err := s.pool.Delete(ctx, dev, thinpool.DeleteOptions{Discard: s.opts.Discard, Deferred: s.opts.DeferredDeletion})
 	if errors.Is(err, thinpool.ErrBusy) {
 		// Refused before any block was discarded or the device deleted:
 		// the layer stays as it was.
@@ -259,8 +312,8 @@ func (s *Store) Lookup(name string) (Layer, error) {
 }
 
 // Count counts the layers, and the layer devices that are not layers for
-// the caller: deletion pending (deferred, or started and not finished),
-// half-made or faulty.
+// the caller: deletion pending (retired by Remove, deferred, or started and
+// not finished), half-made or faulty.
 func (s *Store) Count() (layers, pending int, err error) {
 	done, err := s.enter()
 	if err != nil {
@@ -273,6 +326,9 @@ func (s *Store) Count() (layers, pending int, err error) {
 	}
 	for _, dev := range devs {
 		if _, ok := layerName(dev.Name); !ok {
+			if _, ok := layerName(dev.Retired); ok {
+				pending++ // removed, its device not yet deleted
+			}
 			continue
 		}
 		if usable(dev) {
@@ -305,34 +361,6 @@ func (s *Store) retryDeletions(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// startDeferredWorker retries deferred deletions every DeferredInterval
-// until Close.
-func (s *Store) startDeferredWorker() {
-	ctx, cancel := context.WithCancel(context.Background())
-	s.stopDeferred = cancel
-	s.deferredDone = make(chan struct{})
-	go func() {
-		defer close(s.deferredDone)
-		t := time.NewTicker(s.opts.DeferredInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			done, err := s.enter()
-			if err != nil {
-				return
-			}
-			if err := s.retryDeletions(ctx); err != nil {
-				s.log.WithError(err).Debug("deletions still pending")
-			}
-			done()
-		}
-	}()
 }
 
 // PoolStatus is the thin pool's status in numbers.

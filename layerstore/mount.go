@@ -71,6 +71,7 @@ func (s *Store) Get(ctx context.Context, name string, opts MountOptions) (string
 		m.refs++
 		return root, nil
 	}
+	s.work.setIdle(name, false) // its device is in use again
 	dev := DeviceName(name)
 	if info, err := s.pool.Lookup(dev); errors.Is(err, thinpool.ErrNotFound) || (err == nil && !usable(info)) {
 		return "", fmt.Errorf("%w: %q", ErrNotFound, name)
@@ -98,9 +99,11 @@ func (s *Store) Get(ctx context.Context, name string, opts MountOptions) (string
 	return root, nil
 }
 
-// Put releases a Get. The last one unmounts the layer and deactivates its
-// device (deferred, when DeferredRemoval is on and the device is still
-// held by someone else).
+// Put releases a Get. The last one unmounts the layer; its device is
+// deactivated by the background worker (deferred, when DeferredRemoval is
+// on and the device is still held by someone else), since nobody waits
+// for that. A device held by someone else without DeferredRemoval is
+// reported with ErrBusy, as it cannot be deactivated.
 func (s *Store) Put(ctx context.Context, name string) error {
 	release, err := s.lockLayer(name)
 	if err != nil {
@@ -118,14 +121,40 @@ func (s *Store) Put(ctx context.Context, name string) error {
 	if err := s.unmountLocked(name, false); err != nil {
 		return fmt.Errorf("layerstore: put %q: %w", name, err)
 	}
-	err = s.pool.Deactivate(ctx, DeviceName(name), s.opts.DeferredRemoval)
-	if errors.Is(err, thinpool.ErrBusy) {
-		return fmt.Errorf("%w: put %q: unmounted, but the device is held elsewhere: %w", ErrBusy, name, err)
+	s.step(StepPutUnmounted)
+	dev := DeviceName(name)
+	if !s.opts.DeferredRemoval {
+		if err := s.waitClosed(ctx, dev); err != nil {
+			return fmt.Errorf("%w: put %q: unmounted, but the device is held elsewhere: %w", ErrBusy, name, err)
+		}
 	}
-	if err != nil {
-		return fmt.Errorf("layerstore: put %q: %w", name, err)
-	}
+	s.work.setIdle(name, true)
+	s.work.wake()
 	return nil
+}
+
+// waitClosed waits a little for dev to have no opener: the filesystem's
+// last reference to it can be dropped by another task (one syncing, say)
+// just after umount returns. It fails with thinpool.ErrBusy if it stays
+// open for about 150 ms.
+func (s *Store) waitClosed(ctx context.Context, dev string) error {
+	for i := 0; ; i++ {
+		info, err := s.pool.Get(dev)
+		if err != nil {
+			return err
+		}
+		if info.OpenCount == 0 {
+			return nil
+		}
+		if i == 4 {
+			return fmt.Errorf("%w: %q is open", thinpool.ErrBusy, dev)
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(fmt.Errorf("%w: %q is open", thinpool.ErrBusy, dev), ctx.Err())
+		case <-time.After(time.Duration(10<<i) * time.Millisecond):
+		}
+	}
 }
 
 // Mounted reports whether the store has layer name mounted, and by how

@@ -30,13 +30,23 @@ const (
 
 	// StepGetMounted: Get mounted the layer.
 	StepGetMounted = "get:mounted"
+	// StepPutUnmounted: the last Put unmounted the layer; the worker
+	// deactivates its device later.
+	StepPutUnmounted = "put:unmounted"
+	// StepPutDeactivated: the worker deactivated the device of a layer
+	// whose last Put unmounted it.
+	StepPutDeactivated = "put:deactivated"
 
-	// StepRemoveMarked: the layer is durably marked removing; nothing of
-	// it was changed yet.
+	// StepRemoveMarked (SyncRemove): the layer is durably marked removing;
+	// nothing of it was changed yet.
 	StepRemoveMarked = "remove:marked"
 	// StepRemoveUnmounted: the layer was unmounted, its device not yet
 	// deleted.
 	StepRemoveUnmounted = "remove:unmounted"
-	// StepRemoveDeleted: the layer's device was deleted.
+	// StepRemoveRetired: the layer's device was retired (its name is
+	// free, its record kept under a tombstone name); the worker deletes it.
+	StepRemoveRetired = "remove:retired"
+	// StepRemoveDeleted: the layer's device was deleted (by Remove with
+	// SyncRemove, or by the worker).
 	StepRemoveDeleted = "remove:deleted"
 )

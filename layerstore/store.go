@@ -70,6 +70,12 @@ type Options struct {
 	// Discard a layer's blocks before deleting its device, so a loopback
 	// file gives the space back.
 	Discard bool
+	// SyncRemove: Remove deletes the layer's device (discard included)
+	// before it returns, as callers that need the space back at once want.
+	// By default Remove returns once the removal is durable and the name
+	// free (the device is retired: see thinpool.Retire), and the store's
+	// background worker deletes the device; Drain waits for it.
+	SyncRemove bool
 	// DeferredRemoval: when a layer's device is still open after its last
 	// Put or at Remove, let the kernel remove it at its last close instead
 	// of failing.
@@ -78,8 +84,9 @@ type Options struct {
 	// device busy, mark it and delete it once closed (retried every
 	// DeferredInterval and at the next Open) instead of failing.
 	DeferredDeletion bool
-	// DeferredInterval is how often deferred deletions are retried; 0
-	// means DefaultDeferredInterval.
+	// DeferredInterval is how often deferred deletions are retried, and the
+	// longest wait between retries of failed background work; 0 means
+	// DefaultDeferredInterval.
 	DeferredInterval time.Duration
 	// Logger receives the store's log lines; nil discards them.
 	Logger logrus.FieldLogger
@@ -137,8 +144,7 @@ type Store struct {
 	mu     sync.Mutex // guards mounts
 	mounts map[string]*mount
 
-	stopDeferred context.CancelFunc
-	deferredDone chan struct{}
+	work *worker // background deactivations and deletions (worker.go)
 }
 
 // Open opens (making on first use) the store under opts.Root.
@@ -180,7 +186,7 @@ func Open(ctx context.Context, opts Options) (_ *Store, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidOptions, err)
 	}
-	s := &Store{root: root, opts: opts, log: opts.Logger, fs: fs, mounts: map[string]*mount{}}
+	s := &Store{root: root, opts: opts, log: opts.Logger, fs: fs, mounts: map[string]*mount{}, work: newWorker()}
 	if err := os.MkdirAll(s.mntDir(), 0o700); err != nil {
 		return nil, fmt.Errorf("layerstore: %w", err)
 	}
@@ -217,9 +223,7 @@ func Open(ctx context.Context, opts Options) (_ *Store, err error) {
 	if err := s.setupBase(ctx); err != nil {
 		return nil, err
 	}
-	if opts.DeferredDeletion {
-		s.startDeferredWorker()
-	}
+	s.startWorker()
 	s.log.WithFields(logrus.Fields{"root": root, "pool": s.pool.Name(), "base-size": units.BytesSize(float64(s.baseSize))}).Info("layer store ready")
 	return s, nil
 }
@@ -276,14 +280,16 @@ func (s *Store) lockLayer(name string) (release func(), err error) {
 	return func() { unlock(); done() }, nil
 }
 
-// Close unmounts every layer, deactivates every device and, unless the
-// pool is external, removes the pool and detaches its loop devices. Layers
-// and their contents stay for the next Open. The store cannot be used
+// Close stops the background worker after one last pass (what it leaves
+// undone, a device held elsewhere, stays recorded for the next Open),
+// unmounts every layer, deactivates every device and, unless the pool is
+// external, removes the pool and detaches its loop devices. Layers and
+// their contents stay for the next Open. The store cannot be used
 // afterwards; a second Close does nothing.
 func (s *Store) Close() error {
-	if s.stopDeferred != nil {
-		s.stopDeferred()
-		<-s.deferredDone
+	s.stopWorker()
+	if left, _, err := s.pass(context.Background(), time.Now(), s.opts.DeferredDeletion); left > 0 && !errors.Is(err, ErrClosed) {
+		s.log.WithError(err).WithField("left", left).Warn("close: background work left for the next open")
 	}
 	s.closeMu.Lock()
 	defer s.closeMu.Unlock()

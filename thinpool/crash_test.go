@@ -47,6 +47,13 @@ var crashCases = []crashCase{
 		map[string]bool{"delete:marked": false, "delete:discarded": false, "delete:intent": false, "delete:message": false, "delete:txid": false, "delete:done": false}},
 	{"activate", []string{"activate:created", "activate:loaded", "activate:resumed"},
 		map[string]bool{"activate:created": true, "activate:loaded": true, "activate:resumed": true}},
+	// Retire of an active device, then (retire-delete) the deletion of
+	// its tombstone, with discard, as layerstore's worker does it: the
+	// name is free at every step, the thin id is kept until deleted.
+	{"retire", []string{"retire:recorded", "retire:renamed"},
+		map[string]bool{"retire:recorded": false, "retire:renamed": false}},
+	{"retire-delete", []string{"delete:marked", "delete:discarded", "delete:intent", "delete:message", "delete:txid", "delete:done"},
+		map[string]bool{"delete:marked": false, "delete:discarded": false, "delete:intent": false, "delete:message": false, "delete:txid": false, "delete:done": false}},
 }
 
 // crashLabels are given to the devices the crash child makes: a device that
@@ -94,6 +101,13 @@ func crashChild() {
 		err = p.Delete(ctx, "target", DeleteOptions{Discard: true})
 	case "activate":
 		_, err = p.Activate(ctx, "target")
+	case "retire":
+		_, err = p.Retire(ctx, "target", RetireOptions{})
+	case "retire-delete":
+		var d Device
+		if d, err = p.Retire(ctx, "target", RetireOptions{}); err == nil {
+			err = p.Delete(ctx, d.Name, DeleteOptions{Discard: true})
+		}
 	case "faildelete":
 		// The parent holds victim's thin id open: the delete message
 		// fails; the next operation is killed on its way.
@@ -126,7 +140,7 @@ func runCrash(t *testing.T, cc crashCase, step string) {
 	require.NoError(t, err)
 	data := pattern(11, MiB)
 	writeFile(t, opath, 0, data)
-	deletes := strings.HasPrefix(cc.op, "delete")
+	deletes := strings.HasPrefix(cc.op, "delete") || strings.HasPrefix(cc.op, "retire")
 	if deletes || cc.op == "activate" {
 		_, err = tp.Snapshot(ctx, "target", "origin", 0)
 		require.NoError(t, err)
@@ -156,8 +170,16 @@ func runCrash(t *testing.T, cc crashCase, step string) {
 	recs, err := p.st.all()
 	require.NoError(t, err)
 	names := map[string]*record{}
+	var retired []*record
 	for _, r := range recs {
-		assert.Contains(t, []State{StateReady}, r.State, "record %q settled", r.Name)
+		if r.Retired != "" {
+			// Left for the caller's Delete (layerstore's worker).
+			assert.Contains(t, []State{StateRetired, StateDeleting}, r.State, "retired record %q", r.Name)
+			assert.Equal(t, "target", r.Retired)
+			retired = append(retired, r)
+		} else {
+			assert.Contains(t, []State{StateReady}, r.State, "record %q settled", r.Name)
+		}
 		names[r.Name] = r
 	}
 	target, has := names["target"]
@@ -199,6 +221,17 @@ func runCrash(t *testing.T, cc crashCase, step string) {
 		assert.NotEqual(t, r.ID, nd.ID)
 	}
 	assert.Equal(t, "origin", d.Name)
+	if strings.HasPrefix(cc.op, "retire") {
+		// The name is free, and the retired device can be deleted.
+		_, err := p.Create(ctx, "target", MiB)
+		require.NoError(t, err, "the retired name can be used again after a crash at %s", step)
+		for _, r := range retired {
+			require.NoError(t, p.Delete(ctx, r.Name, DeleteOptions{Discard: true}), "delete retired %q after a crash at %s", r.Name, step)
+		}
+		left, err := p.Retired()
+		require.NoError(t, err)
+		assert.Empty(t, left)
+	}
 
 	assertPoolMatchesRecords(t, p)
 	// Records and the pool's own metadata agree (thin_dump offline).

@@ -30,6 +30,9 @@ type Device struct {
 	Created        time.Time `json:"created"`
 	// Fault says why a faulty device could not be settled.
 	Fault string `json:"fault,omitempty"`
+	// Retired is the name a retired device had (see Retire); Name is then
+	// its tombstone name.
+	Retired string `json:"retired,omitempty"`
 	// Labels are the caller's key/value pairs (WithLabels, SetLabels).
 	Labels map[string]string `json:"labels,omitempty"`
 }
@@ -41,7 +44,7 @@ func (p *Pool) checkName(name string) error {
 		return fmt.Errorf("%w: %q", ErrInvalidName, name)
 	case strings.ContainsAny(name, "/\x00") || strings.Contains(name, ".."):
 		return fmt.Errorf("%w: %q contains \"/\", \"..\" or NUL", ErrInvalidName, name)
-	case name == "pool" || strings.HasPrefix(name, "probe-"):
+	case name == "pool" || strings.HasPrefix(name, "probe-") || isRetiredName(name):
 		return fmt.Errorf("%w: %q is reserved", ErrInvalidName, name)
 	case len(p.dmName(name)) > unix.DM_NAME_LEN-1:
 		return fmt.Errorf("%w: %q is longer than %d bytes", ErrInvalidName, name, unix.DM_NAME_LEN-1-len(p.prefix)-1)
@@ -431,7 +434,7 @@ func (p *Pool) deleteLocked(ctx context.Context, rec *record, opts DeleteOptions
 		}
 		return busy(err)
 	}
-	if opts.Discard && prev.State == StateReady {
+	if opts.Discard && (prev.State == StateReady || prev.State == StateRetired) {
 		if err := p.discard(ctx, rec); err != nil {
 			if errors.Is(err, ErrBusy) {
 				return revert(err)
@@ -602,7 +605,7 @@ func (p *Pool) List() ([]Device, error) {
 // recordDevice is the part of a Device the store knows.
 func recordDevice(r *record) Device {
 	return Device{Name: r.Name, ID: r.ID, Size: r.Size, Parent: r.Parent, State: r.State,
-		DeferredDelete: r.State == StateDeferredDelete, Created: r.Created, Labels: maps.Clone(r.Labels), Fault: r.Fault}
+		DeferredDelete: r.State == StateDeferredDelete, Created: r.Created, Labels: maps.Clone(r.Labels), Fault: r.Fault, Retired: r.Retired}
 }
 
 // describe fills in the live state. With a non-nil active map, devices not

@@ -25,11 +25,11 @@ func TestStatusDeviceJSON(t *testing.T) {
 	assert.EqualValues(t, 7, m["transaction_id"])
 	assert.Equal(t, true, m["external"])
 	for _, k := range []string{"name", "data_used", "data_total", "data_available", "metadata_used", "metadata_total",
-		"metadata_available", "needs_check", "devices", "deferred_deletes", "faulty", "data_file", "metadata_file",
+		"metadata_available", "needs_check", "devices", "deferred_deletes", "retired", "faulty", "data_file", "metadata_file",
 		"data_device", "metadata_device", "min_free_space_percent", "event_nr", "error_if_no_space"} {
 		assert.Contains(t, m, k)
 	}
-	assert.Len(t, m, 22)
+	assert.Len(t, m, 23)
 	var back Status
 	require.NoError(t, json.Unmarshal(b, &back))
 	assert.Equal(t, st, back)

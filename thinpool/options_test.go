@@ -59,7 +59,7 @@ func TestCheckName(t *testing.T) {
 	for _, ok := range []string{"base", "a1b2", strings.Repeat("f", 64), "my.layer-1_x"} {
 		assert.NoError(t, p.checkName(ok), ok)
 	}
-	for _, bad := range []string{"", ".", "..", "../x", "a/b", "x..y", "pool", "probe-1", "a\x00b", strings.Repeat("f", 120)} {
+	for _, bad := range []string{"", ".", "..", "../x", "a/b", "x..y", "pool", "probe-1", "retired-7", "a\x00b", strings.Repeat("f", 120)} {
 		err := p.checkName(bad)
 		assert.ErrorIs(t, err, ErrInvalidName, "%q", bad)
 	}

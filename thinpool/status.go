@@ -32,6 +32,7 @@ type Status struct {
 	TransactionID     uint64             `json:"transaction_id"`
 	Devices           int                `json:"devices"`
 	DeferredDeletes   int                `json:"deferred_deletes"`
+	Retired           int                `json:"retired"` // retired (Retire), not yet deleted
 	Faulty            int                `json:"faulty"`
 	// FaultyDevices names every device recovery could not settle (faulty
 	// records, and dm devices of the pool it could not remove or resume),
@@ -85,6 +86,9 @@ func (p *Pool) status() (Status, error) {
 	}
 	for _, r := range recs {
 		s.Devices++
+		if r.Retired != "" {
+			s.Retired++
+		}
 		switch r.State {
 		case StateDeferredDelete:
 			s.DeferredDeletes++

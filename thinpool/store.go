@@ -25,6 +25,9 @@ const (
 	StateDeleting State = "deleting"
 	// StateDeferredDelete: deletion waits for the device to be closed.
 	StateDeferredDelete State = "deferred-delete"
+	// StateRetired: the device's name was freed (Retire); its record is
+	// kept under a tombstone name until Delete deletes the thin device.
+	StateRetired State = "retired"
 	// StateFaulty: Open could not settle the record (the thin device was
 	// lost, or a half-done change could not be finished); Fault says why.
 	StateFaulty State = "faulty"
@@ -41,6 +44,8 @@ type record struct {
 	Created time.Time `json:"created"`
 	// Fault says why a faulty record could not be settled.
 	Fault string `json:"fault,omitempty"`
+	// Retired is the name a retired device had.
+	Retired string `json:"retired,omitempty"`
 	// Labels are the caller's, stored with the record.
 	Labels map[string]string `json:"labels,omitempty"`
 }
