@@ -83,7 +83,7 @@ type CheckReport struct {
 	ThinIDs      int    `json:"thin_ids"`
 	ThinIDsError string `json:"thin_ids_error,omitempty"`
 	// Pending names devices in the middle of a change (creating,
-	// deleting, deferred delete): the engine finishes them, and so does
+	// deleting, deferred delete, retired): the engine finishes them, and so does
 	// the next Open.
 	Pending  []string  `json:"pending"`
 	Findings []Finding `json:"findings"`
@@ -123,7 +123,7 @@ func compareViews(prefix string, recs []*record, dms []string, ids []uint32, ids
 	idp := func(v uint32) *uint32 { return &v }
 	for _, r := range recs {
 		switch r.State {
-		case StateCreating, StateDeleting, StateDeferredDelete:
+		case StateCreating, StateDeleting, StateDeferredDelete, StateRetired:
 			pending = append(pending, r.Name)
 		case StateFaulty:
 			findings = append(findings, Finding{Kind: FindingFaulty, Device: r.Name, ID: idp(r.ID), Detail: r.Fault})

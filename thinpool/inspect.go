@@ -211,7 +211,8 @@ type Report struct {
 	// agreed with.
 	StoreTransactionID uint64 `json:"store_transaction_id"`
 	// Deleting names the devices whose deletion is deferred until they
-	// are closed or was started and not finished: the background work.
+	// are closed, retired (removed for the caller, deleted in the
+	// background) or started and not finished: the background work.
 	Deleting []string `json:"deleting"`
 }
 
@@ -273,7 +274,7 @@ func (in *Inspector) Report(ctx context.Context) (Report, error) {
 		return r, err
 	}
 	for _, rec := range recs {
-		if rec.State == StateDeferredDelete || rec.State == StateDeleting {
+		if rec.State == StateDeferredDelete || rec.State == StateDeleting || rec.State == StateRetired {
 			r.Deleting = append(r.Deleting, rec.Name)
 		}
 	}

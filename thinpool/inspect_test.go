@@ -149,9 +149,10 @@ func TestCompareViews(t *testing.T) {
 		{Name: "going", ID: 4, State: StateDeleting},
 		{Name: "broken", ID: 5, State: StateFaulty, Fault: "lost in a power cut"},
 		{Name: "later", ID: 6, State: StateDeferredDelete},
+		{Name: "retired-7", ID: 7, State: StateRetired, Retired: "old"},
 	}
-	dms := []string{"px-ok", "px-stray", "px-going"}
-	f, pending := compareViews("px", recs, dms, []uint32{1, 4, 5, 6, 9}, true)
+	dms := []string{"px-ok", "px-stray", "px-going", "px-retired-7"}
+	f, pending := compareViews("px", recs, dms, []uint32{1, 4, 5, 6, 7, 9}, true)
 	kinds := map[FindingKind][]string{}
 	for _, x := range f {
 		kinds[x.Kind] = append(kinds[x.Kind], x.Device+x.DM+fmt.Sprint(deref(x.ID)))
@@ -162,7 +163,7 @@ func TestCompareViews(t *testing.T) {
 		FindingDMWithoutRecord:   {"px-stray-1"},
 		FindingFaulty:            {"broken5"},
 	}, kinds)
-	assert.Equal(t, []string{"going", "later", "making"}, pending)
+	assert.Equal(t, []string{"going", "later", "making", "retired-7"}, pending)
 
 	// Without the thin ids only the kernel's devices are compared.
 	f, _ = compareViews("px", recs, dms, nil, false)
