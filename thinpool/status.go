@@ -161,7 +161,8 @@ func (p *Pool) checkSpace() error {
 // Grow grows the pool. For a loopback pool, the files grow to dataSize and
 // metadataSize (0 keeps a size; shrinking is refused) and the loop devices
 // are told; for a pool over devices, the caller grew them and both sizes
-// must be 0. The pool's table is reloaded while thin devices stay in use.
+// must be 0 (for a pool on a whole device, the label's data area and the
+// linear device mapping it grow first). The pool's table is reloaded while thin devices stay in use.
 func (p *Pool) Grow(ctx context.Context, dataSize, metadataSize int64) error {
 	done, err := p.enter()
 	if err != nil {
@@ -176,6 +177,11 @@ func (p *Pool) Grow(ctx context.Context, dataSize, metadataSize int64) error {
 	}
 	p.msgMu.Lock()
 	defer p.msgMu.Unlock()
+	if p.direct != nil {
+		if err := p.growDirectLocked(); err != nil {
+			return err
+		}
+	}
 	if p.dataLoop != nil {
 		for _, f := range []struct {
 			path string
