@@ -66,6 +66,7 @@ func openDirect(t *testing.T, opts Options) *Pool {
 	st, err := p.Status(context.Background())
 	require.NoError(t, err)
 	assert.Empty(t, st.FaultyDevices, "faulty devices after Open")
+	assert.Equal(t, opts.Device, st.Device)
 	assert.Equal(t, p.dm.NodePath(p.prefix+"-pool-data"), st.DataDevice)
 	assert.Equal(t, p.dm.NodePath(p.prefix+"-pool-meta"), st.MetadataDevice)
 	t.Cleanup(func() {

@@ -37,7 +37,10 @@ type Status struct {
 	// records, and dm devices of the pool it could not remove or resume),
 	// with the reason.
 	FaultyDevices []FaultyDevice `json:"faulty_devices,omitempty"`
-	// Where the pool lives: loopback files, or devices.
+	// Where the pool lives: loopback files, or devices. For a pool on a
+	// whole device, Device is that device, and DataDevice and
+	// MetadataDevice are the linear devices mapping its areas.
+	Device              string `json:"device,omitempty"`
 	DataFile            string `json:"data_file"`
 	MetadataFile        string `json:"metadata_file"`
 	DataDevice          string `json:"data_device"`
@@ -119,6 +122,9 @@ func (p *Pool) spaceStatus() (Status, error) {
 		}
 	} else if !p.external {
 		s.DataDevice, s.MetadataDevice = p.dataPath, p.metaPath
+	}
+	if p.direct != nil {
+		s.Device = p.direct.path
 	}
 	return s, nil
 }
