@@ -18,7 +18,9 @@
 //
 // Init takes Docker's dm.* option strings (dm.basesize=20G, dm.loopdatasize,
 // dm.thinpooldev, dm.mountopt, ...; see ParseOptions); New takes a Config
-// built in Go. The methods follow Docker's graphdriver interface: Create,
+// built in Go. dm.directlvm_device=/dev/sdX (alias dm.directdev) gives a
+// whole disk to dmthin, which lays it out itself without LVM and grows the
+// pool when the disk grows. The methods follow Docker's graphdriver interface: Create,
 // CreateReadWrite, Remove, Get, Put, Exists, Status, GetMetadata, Cleanup,
 // and the diff methods Diff, Changes, ApplyDiff and DiffSize, which compare
 // two mounted layers with github.com/moby/go-archive (tar streams with OCI
@@ -28,7 +30,8 @@
 //
 //	metadata.db, lock        the thin pool's records (package thinpool)
 //	devicemapper/data        the loopback pool's sparse files, unless
-//	devicemapper/metadata    dm.datadev/dm.metadatadev or dm.thinpooldev
+//	devicemapper/metadata    dm.datadev/dm.metadatadev, dm.directlvm_device
+//	                         or dm.thinpooldev
 //	base.json                filesystem type and UUID of the base device
 //	mnt/<id>/                where layer id is mounted; Get returns
 //	                         mnt/<id>/rootfs, so lost+found is never seen

@@ -65,10 +65,18 @@ type Config struct {
 	// DataDevice and MetadataDevice (dm.datadev, dm.metadatadev): build the
 	// pool over these block devices instead of loopback files.
 	DataDevice, MetadataDevice string
-	// ForceDevices (dm.force_devices): build a new pool over DataDevice and
-	// MetadataDevice even when they hold a filesystem, a partition table or
-	// another pool's signature, whose contents are then lost. Without it
-	// such a device is refused before a byte of it is written.
+	// Device (dm.directlvm_device, or its clearer alias dm.directdev): give
+	// this block device to dmthin whole. dmthin writes its own label at
+	// the start, lays out a metadata area (1%) and a data area (the rest),
+	// recognises the device by the label at the next start, and grows the
+	// pool when the device grows. No LVM is involved: Docker's name is
+	// kept so that an existing daemon configuration works unchanged.
+	Device string
+	// ForceDevices (dm.force_devices, or dm.directlvm_device_force): build
+	// a new pool over DataDevice and MetadataDevice (or Device) even when
+	// they hold a filesystem, a partition table or another pool's
+	// signature, whose contents are then lost. Without it such a device is
+	// refused before a byte of it is written.
 	ForceDevices bool
 	// ThinPoolDevice (dm.thinpooldev): use this existing thin-pool
 	// device-mapper device (a name, or /dev/mapper/NAME). Cleanup leaves it
@@ -105,6 +113,8 @@ type Config struct {
 	// still open after its last Put or at Remove, let the kernel remove it
 	// at its last close instead of failing.
 	DeferredRemoval bool
+	// deviceKey is the option Device was set with, for messages.
+	deviceKey string
 	// DeferredDeletion (dm.use_deferred_deletion, needs DeferredRemoval):
 	// when Remove finds the device busy, mark it and delete it once closed
 	// (retried in the background and at the next Init) instead of failing.
@@ -173,10 +183,8 @@ func DefaultConfig() Config {
 // unsupported are Docker options that dmthin knows but does not implement,
 // with the reason given to whoever sets one.
 var unsupported = map[string]string{
-	"dm.directlvm_device":             "dmthin does not manage LVM; make the pool and pass it with dm.thinpooldev or dm.datadev/dm.metadatadev",
 	"dm.thinp_percent":                "dmthin does not manage LVM",
 	"dm.thinp_metapercent":            "dmthin does not manage LVM",
-	"dm.directlvm_device_force":       "dmthin does not manage LVM",
 	"dm.libdm_log_level":              "dmthin does not use libdevmapper",
 	"dm.override_udev_sync_check":     "dmthin does not use udev: it makes its own device nodes",
 	"dm.use_deferred_device_removal":  "did you mean dm.use_deferred_removal?",
@@ -261,8 +269,11 @@ func (c *Config) set(opt string) error {
 		return path(&c.DataDevice)
 	case "dm.metadatadev":
 		return path(&c.MetadataDevice)
-	case "dm.force_devices":
+	case "dm.force_devices", "dm.directlvm_device_force":
 		return boolean(&c.ForceDevices)
+	case "dm.directlvm_device", "dm.directdev":
+		c.deviceKey = key
+		return path(&c.Device)
 	case "dm.thinpooldev":
 		if err := path(&c.ThinPoolDevice); err != nil {
 			return err
@@ -375,7 +386,7 @@ func (c *Config) Validate() error {
 		bad("dm.loopmetadatasize %s: want %s to %s (what a thin pool's metadata can use)",
 			human(c.LoopMetadataSize), human(minLoopMetadataSize), human(maxLoopMetadataSize))
 	}
-	for _, d := range []struct{ opt, path string }{{"dm.datadev", c.DataDevice}, {"dm.metadatadev", c.MetadataDevice}} {
+	for _, d := range c.devicePaths() {
 		if d.path != "" && !filepath.IsAbs(d.path) {
 			bad("%s=%s: want the absolute path of a block device", d.opt, d.path)
 		}
@@ -390,8 +401,11 @@ func (c *Config) Validate() error {
 	if c.ThinPoolDevice != "" && devices {
 		bad("dm.thinpooldev excludes dm.datadev and dm.metadatadev")
 	}
-	if (c.ThinPoolDevice != "" || devices) && (c.LoopDataSize != 0 || c.LoopMetadataSize != 0) {
-		bad("dm.loopdatasize and dm.loopmetadatasize only apply to the loopback pool, not with dm.thinpooldev or dm.datadev")
+	if c.Device != "" && (c.ThinPoolDevice != "" || devices) {
+		bad("%s excludes dm.thinpooldev, dm.datadev and dm.metadatadev", c.deviceOption())
+	}
+	if !c.loopback() && (c.LoopDataSize != 0 || c.LoopMetadataSize != 0) {
+		bad("dm.loopdatasize and dm.loopmetadatasize only apply to the loopback pool, not with dm.thinpooldev, dm.datadev or %s", c.deviceOption())
 	}
 	if c.ThinPoolDevice != "" && c.BlockSize != 0 {
 		bad("dm.blocksize cannot be set for an existing pool (dm.thinpooldev)")
@@ -537,11 +551,25 @@ func (c *Config) blockZeroing() bool {
 	return false
 }
 
-// checkDevices checks, at Init, that dm.datadev and dm.metadatadev are
-// block devices. Validate cannot: it looks at the configuration only.
+// devicePaths are the block device options with their names.
+func (c *Config) devicePaths() []struct{ opt, path string } {
+	return []struct{ opt, path string }{{"dm.datadev", c.DataDevice}, {"dm.metadatadev", c.MetadataDevice}, {c.deviceOption(), c.Device}}
+}
+
+// deviceOption is the name Device was given with (Docker's by default).
+func (c *Config) deviceOption() string {
+	if c.deviceKey != "" {
+		return c.deviceKey
+	}
+	return "dm.directlvm_device"
+}
+
+// checkDevices checks, at Init, that dm.datadev, dm.metadatadev and
+// dm.directlvm_device are block devices. Validate cannot: it looks at the
+// configuration only.
 func (c *Config) checkDevices() error {
 	var errs []error
-	for _, d := range []struct{ opt, path string }{{"dm.datadev", c.DataDevice}, {"dm.metadatadev", c.MetadataDevice}} {
+	for _, d := range c.devicePaths() {
 		if d.path == "" {
 			continue
 		}
@@ -569,7 +597,9 @@ func (c *Config) thinPoolDevError(err error) error {
 func (c *Config) external() bool { return c.ThinPoolDevice != "" }
 
 // loopback reports whether the pool lives in sparse files under home.
-func (c *Config) loopback() bool { return c.ThinPoolDevice == "" && c.DataDevice == "" }
+func (c *Config) loopback() bool {
+	return c.ThinPoolDevice == "" && c.DataDevice == "" && c.MetadataDevice == "" && c.Device == ""
+}
 
 // blkDiscard resolves BlkDiscard's default.
 func (c *Config) blkDiscard() bool {
@@ -585,6 +615,7 @@ func (c *Config) poolOptions(home string) thinpool.Options {
 		Root:                home,
 		DataDevice:          c.DataDevice,
 		MetadataDevice:      c.MetadataDevice,
+		Device:              c.Device,
 		ForceDevices:        c.ForceDevices,
 		PoolDevice:          c.ThinPoolDevice,
 		LoopDataSize:        c.LoopDataSize,

@@ -101,6 +101,38 @@ func TestParseOptionsForceDevices(t *testing.T) {
 	assert.Contains(t, err.Error(), "dm.force_devices=please")
 }
 
+// dm.directlvm_device (Docker's name) and dm.directdev give the pool one
+// whole device; dm.directlvm_device_force forces it like dm.force_devices.
+// A pool over a device defaults to no discard on removal, as over
+// dm.datadev.
+func TestParseOptionsDirectDevice(t *testing.T) {
+	for _, key := range []string{"dm.directlvm_device", "dm.directdev", "DM.DirectLVM_Device"} {
+		c, err := ParseOptions([]string{key + "=/dev/vdb"})
+		require.NoError(t, err, key)
+		o := c.poolOptions("/h")
+		assert.Equal(t, "/dev/vdb", o.Device, key)
+		assert.Empty(t, o.DataDevice+o.MetadataDevice+o.PoolDevice, key)
+		assert.False(t, o.ForceDevices, key)
+		assert.False(t, c.loopback(), key)
+		assert.False(t, c.blkDiscard(), key)
+		assert.NoError(t, o.Validate(), key)
+	}
+	c, err := ParseOptions([]string{"dm.directlvm_device=/dev/vdb", "dm.directlvm_device_force=true"})
+	require.NoError(t, err)
+	assert.True(t, c.poolOptions("/h").ForceDevices)
+}
+
+// dm.directlvm_device that is not a block device fails Init before any
+// pool is made, naming the option as the user wrote it.
+func TestInitDirectDeviceNotBlock(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "disk")
+	require.NoError(t, os.WriteFile(file, nil, 0o600))
+	_, err := Init(filepath.Join(dir, "home"), []string{"dm.directdev=" + file}, nil)
+	require.ErrorIs(t, err, ErrInvalidOptions)
+	assert.Contains(t, err.Error(), "dm.directdev="+file+": not a block device")
+}
+
 func TestParseOptionsErrorsNameTheOption(t *testing.T) {
 	cases := []struct {
 		opt  string
@@ -119,7 +151,7 @@ func TestParseOptionsErrorsNameTheOption(t *testing.T) {
 		{"dm.min_free_space=x%", "dm.min_free_space=x%"},
 		{"dm.mountopt=a,,b", "dm.mountopt=a,,b"},
 		{"dm.datadev=", "dm.datadev="},
-		{"dm.directlvm_device=/dev/sdb", "dm.directlvm_device is not supported"},
+		{"dm.directlvm_device=", "dm.directlvm_device="},
 		{"dm.thinp_percent=95", "dm.thinp_percent is not supported"},
 		{"dm.override_udev_sync_check=true", "dm.override_udev_sync_check is not supported"},
 	}
@@ -155,6 +187,10 @@ func TestConfigValidate(t *testing.T) {
 		{"datadev alone", []string{"dm.datadev=/dev/vdb"}, []string{"dm.datadev and dm.metadatadev go together"}},
 		{"thinpooldev with devices", []string{"dm.thinpooldev=p", "dm.datadev=/a", "dm.metadatadev=/b"}, []string{"dm.thinpooldev excludes"}},
 		{"loop sizes with pool", []string{"dm.thinpooldev=p", "dm.loopdatasize=1G"}, []string{"only apply to the loopback pool"}},
+		{"directlvm with datadev", []string{"dm.directlvm_device=/dev/vdb", "dm.datadev=/a", "dm.metadatadev=/b"}, []string{"dm.directlvm_device excludes"}},
+		{"directdev with thinpooldev", []string{"dm.directdev=/dev/vdb", "dm.thinpooldev=p"}, []string{"dm.directdev excludes"}},
+		{"loop sizes with directlvm", []string{"dm.directlvm_device=/dev/vdb", "dm.loopmetadatasize=1G"}, []string{"only apply to the loopback pool"}},
+		{"directlvm relative", []string{"dm.directlvm_device=sdb"}, []string{"dm.directlvm_device=sdb: want the absolute path"}},
 		{"blocksize", []string{"dm.blocksize=100K"}, []string{"dm.blocksize 100KiB"}},
 		{"blocksize huge", []string{"dm.blocksize=2G"}, []string{"dm.blocksize 2GiB"}},
 		{"xfs base too small", []string{"dm.fs=xfs", "dm.basesize=256M"}, []string{"dm.basesize 256MiB is below the 300MiB that dm.fs=xfs needs"}},

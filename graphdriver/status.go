@@ -31,6 +31,9 @@ func (d *Driver) Status() [][2]string {
 	switch {
 	case s.External:
 		out = append(out, [2]string{"Pool Device", "external (dm.thinpooldev), left as it is by Cleanup"})
+	case d.cfg.Device != "":
+		out = append(out, [2]string{"Device", d.cfg.Device + " (given whole, " + d.cfg.deviceOption() + ")"},
+			[2]string{"Data file", s.DataDevice}, [2]string{"Metadata file", s.MetadataDevice})
 	case s.DataFile != "":
 		out = append(out, [2]string{"Data loop file", s.DataFile}, [2]string{"Metadata loop file", s.MetadataFile})
 	default:

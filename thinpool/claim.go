@@ -9,6 +9,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dmthin/dmthin/internal/devlabel"
 )
 
 // ErrDeviceInUse: a data or metadata device is held by someone else (a
@@ -55,6 +57,7 @@ var signatures = []signature{
 	{"LVM2 physical volume", 24, []byte("LVM2 001")},
 	{"LUKS volume", 0, []byte("LUKS\xba\xbe")},
 	{"thin-pool metadata", 32, binary.LittleEndian.AppendUint64(nil, 27022010)},
+	{"dmthin whole-device label", 0, devlabel.Magic[:]},
 }
 
 // findSignature returns what the first bytes of r say is on it, or "".

@@ -44,7 +44,7 @@ func (p *Pool) checkName(name string) error {
 		return fmt.Errorf("%w: %q", ErrInvalidName, name)
 	case strings.ContainsAny(name, "/\x00") || strings.Contains(name, ".."):
 		return fmt.Errorf("%w: %q contains \"/\", \"..\" or NUL", ErrInvalidName, name)
-	case name == "pool" || strings.HasPrefix(name, "probe-") || isRetiredName(name):
+	case name == "pool" || name == "pool-meta" || name == "pool-data" || strings.HasPrefix(name, "probe-") || isRetiredName(name):
 		return fmt.Errorf("%w: %q is reserved", ErrInvalidName, name)
 	case len(p.dmName(name)) > unix.DM_NAME_LEN-1:
 		return fmt.Errorf("%w: %q is longer than %d bytes", ErrInvalidName, name, unix.DM_NAME_LEN-1-len(p.prefix)-1)

@@ -3,8 +3,11 @@
 //
 // A Pool is built over loopback files (the default: sparse data and
 // metadata files under Options.Root, attached to loop devices), over given
-// data and metadata block devices, or over an existing thin-pool device
-// made by someone else (which it uses but never tears down).
+// data and metadata block devices, on one block device given whole
+// (Options.Device: a label, a metadata and a data area, mapped by two
+// linear devices, the data area growing with the device; see direct.go),
+// or over an existing thin-pool device made by someone else (which it uses
+// but never tears down).
 //
 // Every thin device has a caller-chosen name, a 24-bit thin id the package
 // allocates, a size, an optional parent and caller labels. The records

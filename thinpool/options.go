@@ -33,8 +33,15 @@ type Options struct {
 	// refuses devices that hold a filesystem, partition table, LVM, LUKS or
 	// thin-pool signature unless ForceDevices is set.
 	DataDevice, MetadataDevice string
+	// Device: build the pool on this one block device, given whole (see
+	// direct.go): dmthin writes its label at the start, carves a metadata
+	// and a data area, and grows the data area when the device grows. It
+	// is claimed and checked like DataDevice, and a device holding another
+	// dmthin pool's label is refused too. Excludes DataDevice,
+	// MetadataDevice and PoolDevice.
+	Device string
 	// ForceDevices: build a new pool over DataDevice and MetadataDevice
-	// even if they hold a signature (their contents are lost).
+	// (or Device) even if they hold a signature (their contents are lost).
 	ForceDevices bool
 	// PoolDevice: use this existing thin-pool device-mapper device. It is
 	// never reloaded, grown or removed, so the options of its table
@@ -92,6 +99,8 @@ func (o *Options) source() string {
 	switch {
 	case o.PoolDevice != "":
 		return "external"
+	case o.Device != "":
+		return "direct"
 	case o.DataDevice != "" || o.MetadataDevice != "":
 		return "devices"
 	default:
@@ -113,6 +122,9 @@ func (o *Options) Validate() error {
 	}
 	if o.PoolDevice != "" && (o.DataDevice != "" || o.MetadataDevice != "") {
 		bad("PoolDevice excludes DataDevice and MetadataDevice")
+	}
+	if o.Device != "" && (o.PoolDevice != "" || o.DataDevice != "" || o.MetadataDevice != "") {
+		bad("Device excludes PoolDevice, DataDevice and MetadataDevice")
 	}
 	if o.source() != "loopback" && (o.LoopDataSize != 0 || o.LoopMetadataSize != 0) {
 		bad("loopback sizes make no sense with %s devices", o.source())

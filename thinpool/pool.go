@@ -30,6 +30,8 @@ type Pool struct {
 	dev       devmapper.Dev
 	blockSize devmapper.Sectors
 	external  bool
+	// direct is set for a pool on a whole device (Options.Device).
+	direct *directDevice
 
 	dataLoop, metaLoop *loopback.Device
 	dataPath, metaPath string // files (loopback) or devices
@@ -90,7 +92,7 @@ func Open(ctx context.Context, opts Options) (_ *Pool, err error) {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, fmt.Errorf("thinpool: root: %w", err)
 	}
-	p := &Pool{opts: opts, log: opts.Logger.WithField("pool-root", root), closing: make(chan struct{})}
+	p := &Pool{opts: opts, log: opts.Logger.WithField("pool-root", root), closing: make(chan struct{}), hook: openHook}
 	if opts.AutoGrow != nil && opts.source() == "loopback" {
 		p.grow = &autoGrower{cfg: opts.AutoGrow.withDefaults(), interval: autoGrowInterval}
 	}
@@ -127,6 +129,8 @@ func Open(ctx context.Context, opts Options) (_ *Pool, err error) {
 		err = p.useExternal(isNew)
 	case "devices":
 		err = p.useDevices(isNew)
+	case "direct":
+		err = p.useDirect(isNew)
 	default:
 		err = p.useLoopback(isNew, &cleanup)
 	}
@@ -254,6 +258,9 @@ func (p *Pool) Shutdown(ctx context.Context) error {
 			p.msgMu.Lock()
 			p.poolGoneLocked()
 			p.msgMu.Unlock()
+			if err := p.removeDirect(ctx); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		for _, l := range []*loopback.Device{p.dataLoop, p.metaLoop} {
 			if l != nil {

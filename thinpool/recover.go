@@ -85,7 +85,7 @@ func (p *Pool) removeStrays(ctx context.Context, recs []*record) {
 		p.strays = append(p.strays, FaultyDevice{Name: dm, Reason: err.Error()})
 	}
 	for _, l := range live {
-		if l.Name == p.name || !strings.HasPrefix(l.Name, p.prefix+"-") {
+		if p.isPoolDevice(l.Name) || !strings.HasPrefix(l.Name, p.prefix+"-") {
 			continue
 		}
 		if want[l.Name] {

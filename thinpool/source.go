@@ -142,7 +142,7 @@ func (p *Pool) useDevices(isNew bool) error {
 	if isNew {
 		// A new pool needs a zeroed metadata superblock, or the kernel
 		// would try to open stale metadata.
-		if err := zeroHeader(claimed[0]); err != nil {
+		if err := zeroHeader(claimed[0], 0); err != nil {
 			return err
 		}
 	}
@@ -305,9 +305,9 @@ func devSize(dev devmapper.Dev) (int64, error) {
 	return sectors * devmapper.SectorSize, nil
 }
 
-// zeroHeader zeroes the first 4 KiB of a claimed device and syncs it.
-func zeroHeader(f *os.File) error {
-	if _, err := f.WriteAt(make([]byte, 4096), 0); err != nil {
+// zeroHeader zeroes 4 KiB at off of a claimed device and syncs them.
+func zeroHeader(f *os.File, off int64) error {
+	if _, err := f.WriteAt(make([]byte, 4096), off); err != nil {
 		return fmt.Errorf("thinpool: zero %s: %w", f.Name(), err)
 	}
 	if err := f.Sync(); err != nil {

@@ -38,7 +38,10 @@ type Status struct {
 	// records, and dm devices of the pool it could not remove or resume),
 	// with the reason.
 	FaultyDevices []FaultyDevice `json:"faulty_devices,omitempty"`
-	// Where the pool lives: loopback files, or devices.
+	// Where the pool lives: loopback files, or devices. For a pool on a
+	// whole device, Device is that device, and DataDevice and
+	// MetadataDevice are the linear devices mapping its areas.
+	Device              string `json:"device,omitempty"`
 	DataFile            string `json:"data_file"`
 	MetadataFile        string `json:"metadata_file"`
 	DataDevice          string `json:"data_device"`
@@ -130,6 +133,9 @@ func (p *Pool) spaceStatus() (Status, error) {
 	} else if !p.external {
 		s.DataDevice, s.MetadataDevice = p.dataPath, p.metaPath
 	}
+	if p.direct != nil {
+		s.Device = p.direct.path
+	}
 	return s, nil
 }
 
@@ -173,7 +179,8 @@ func (p *Pool) checkSpace() error {
 // Grow grows the pool. For a loopback pool, the files grow to dataSize and
 // metadataSize (0 keeps a size; shrinking is refused) and the loop devices
 // are told; for a pool over devices, the caller grew them and both sizes
-// must be 0. The pool's table is reloaded while thin devices stay in use.
+// must be 0 (for a pool on a whole device, the label's data area and the
+// linear device mapping it grow first). The pool's table is reloaded while thin devices stay in use.
 func (p *Pool) Grow(ctx context.Context, dataSize, metadataSize int64) error {
 	done, err := p.enter()
 	if err != nil {
@@ -188,8 +195,15 @@ func (p *Pool) Grow(ctx context.Context, dataSize, metadataSize int64) error {
 	}
 	p.msgMu.Lock()
 	defer p.msgMu.Unlock()
-	if err := p.growFilesLocked(dataSize, metadataSize); err != nil {
-		return err
+	if p.direct != nil {
+		if err := p.growDirectLocked(); err != nil {
+			return err
+		}
+	}
+	if p.dataLoop != nil {
+		if err := p.growFilesLocked(dataSize, metadataSize); err != nil {
+			return err
+		}
 	}
 	return p.reloadPoolLocked()
 }
