@@ -138,7 +138,6 @@ func (p *Pool) create(ctx context.Context, name, parent string, size int64, opts
 			return err
 		},
 		send: func() error { return p.message(fmt.Sprintf("create_thin %d", rec.ID)) },
-		undo: func() error { return p.deleteThinLocked(rec.ID) },
 		done: StateReady,
 	}
 	if origin != nil {
@@ -158,7 +157,9 @@ func (p *Pool) create(ctx context.Context, name, parent string, size int64, opts
 		return Device{}, fmt.Errorf("thinpool: create %q: %w", name, err)
 	}
 	p.log.WithFields(map[string]any{"device": name, "id": rec.ID, "parent": parent}).Debug("thin device created")
-	return p.describe(rec, nil), nil
+	// A device just made has no dm device yet: nothing live to ask the
+	// kernel about.
+	return recordDevice(rec), nil
 }
 
 // mapPoolErr turns what a full pool answers into ErrPoolFull.
@@ -451,6 +452,7 @@ func (p *Pool) deleteLocked(ctx context.Context, rec *record, opts DeleteOptions
 	err := p.runLocked(change{
 		op:     "delete",
 		rec:    rec,
+		marked: true, // committed "deleting" above, or by an earlier attempt
 		send:   func() error { return p.deleteThinLocked(rec.ID) },
 		failed: StateDeleting,
 	})

@@ -253,6 +253,11 @@ func (p *Pool) poolTable(md, dd devmapper.Dev, dataSize int64) devmapper.Table {
 	if p.opts.LowWaterMark == 0 {
 		lwm = blocks / 100
 	}
+	// The event at the low-water mark is what tells the free-space guard
+	// that creates must stop (space.go): the mark is at least the minimum.
+	if pct := uint64(*p.opts.MinFreeSpacePercent); pct > 0 {
+		lwm = max(lwm, (blocks*pct+99)/100)
+	}
 	length := devmapper.Sectors(uint64(dataSize) / devmapper.SectorSize)
 	return devmapper.Table{{
 		Start:  0,

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -60,9 +62,24 @@ var (
 // txn is a store transaction.
 type txn = *bolt.Tx
 
-// store wraps the bbolt database.
+// store wraps the bbolt database, plus the outcomes of changes that are
+// not committed yet (see stage).
 type store struct {
 	db *bolt.DB
+
+	// mu guards staged: record name -> the record's state after a change
+	// that succeeded, nil for a record the change dropped. Reads see
+	// staged outcomes; the next update commits them in its transaction.
+	mu     sync.Mutex
+	staged map[string]*staged
+	// commits counts durable transactions (update), under mu (tests).
+	commits int
+}
+
+// staged is an outcome waiting for the next commit.
+type staged struct {
+	rec  record
+	drop bool
 }
 
 func openStore(path string) (*store, error) {
@@ -84,10 +101,38 @@ func openStore(path string) (*store, error) {
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("thinpool: init metadata: %w", err), db.Close())
 	}
-	return &store{db: db}, nil
+	return &store{db: db, staged: map[string]*staged{}}, nil
 }
 
-func (s *store) close() error { return s.db.Close() }
+// close commits the staged outcomes and closes the database.
+func (s *store) close() error {
+	return errors.Join(s.update(func(*bolt.Tx) error { return nil }), s.db.Close())
+}
+
+// stage records the outcome of a change without a commit of its own: rec in
+// state st, or dropped when st is "". Reads see it at once; the next update
+// (the next change's intent, any other store write, close) commits it in
+// its transaction. A crash before that leaves the record in its intended
+// state (creating, deleting), which recovery settles by asking the pool,
+// so the outcome needs no fsync of its own (txn.go).
+func (s *store) stage(rec *record, st State) {
+	v := &staged{rec: *rec, drop: st == ""}
+	if !v.drop {
+		rec.State = st
+		v.rec.State = st
+	}
+	s.mu.Lock()
+	s.staged[rec.Name] = v
+	s.mu.Unlock()
+}
+
+// lookupStaged returns the staged outcome of name, if any.
+func (s *store) lookupStaged(name string) (*staged, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, ok := s.staged[name]
+	return v, ok
+}
 
 func idKey(id uint32) []byte {
 	var b [4]byte
@@ -155,6 +200,13 @@ func allocID(tx *bolt.Tx) (uint32, error) {
 }
 
 func (s *store) get(name string) (*record, error) {
+	if v, ok := s.lookupStaged(name); ok {
+		if v.drop {
+			return nil, fmt.Errorf("%w: %q", ErrNotFound, name)
+		}
+		r := v.rec
+		return &r, nil
+	}
 	var r *record
 	err := s.db.View(func(tx *bolt.Tx) error {
 		var err error
@@ -176,7 +228,28 @@ func (s *store) all() ([]*record, error) {
 			return nil
 		})
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.staged) == 0 {
+		return out, nil
+	}
+	kept := out[:0]
+	for _, r := range out {
+		if _, ok := s.staged[r.Name]; !ok {
+			kept = append(kept, r)
+		}
+	}
+	for _, v := range s.staged {
+		if !v.drop {
+			r := v.rec
+			kept = append(kept, &r)
+		}
+	}
+	sort.Slice(kept, func(i, j int) bool { return kept[i].Name < kept[j].Name })
+	return kept, nil
 }
 
 // txIDs returns the last transaction id both sides agreed on and the last
@@ -199,4 +272,40 @@ func (s *store) metaString(key []byte) (string, error) {
 	return v, err
 }
 
-func (s *store) update(fn func(tx *bolt.Tx) error) error { return s.db.Update(fn) }
+// update runs fn in a durable transaction that first commits every staged
+// outcome, so fn sees (and may overwrite) them.
+func (s *store) update(fn func(tx *bolt.Tx) error) error {
+	s.mu.Lock()
+	batch := make(map[string]*staged, len(s.staged))
+	for k, v := range s.staged {
+		batch[k] = v
+	}
+	s.mu.Unlock()
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for _, v := range batch {
+			r := v.rec
+			var err error
+			if v.drop {
+				err = deleteRecord(tx, &r)
+			} else {
+				err = putRecord(tx, &r)
+			}
+			if err != nil {
+				return fmt.Errorf("thinpool: commit outcome of %q: %w", r.Name, err)
+			}
+		}
+		return fn(tx)
+	})
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.commits++
+	for k, v := range batch {
+		if s.staged[k] == v { // not staged again meanwhile
+			delete(s.staged, k)
+		}
+	}
+	s.mu.Unlock()
+	return nil
+}
