@@ -409,9 +409,14 @@ func (p *Pool) deleteLocked(ctx context.Context, rec *record, opts DeleteOptions
 		}
 		return fmt.Errorf("thinpool: delete %q: %w", rec.Name, err)
 	}
+	// active: there is a dm device to remove. Nobody can make one while
+	// we hold the name's lock, unless discard does.
+	active := true
 	if info, err := p.dm.Info(dm); err == nil && info.OpenCount > 0 {
 		return busy(fmt.Errorf("%w: %q is open", ErrBusy, rec.Name))
-	} else if err != nil && !devmapper.IsNotFound(err) {
+	} else if devmapper.IsNotFound(err) {
+		active = false
+	} else if err != nil {
 		return err
 	}
 	prev := *rec
@@ -440,12 +445,15 @@ func (p *Pool) deleteLocked(ctx context.Context, rec *record, opts DeleteOptions
 			return fmt.Errorf("thinpool: delete %q (recovery finishes it at next open): %w", rec.Name, err)
 		}
 		p.step("delete:discarded")
+		active = true
 	}
-	if err := p.removeDM(ctx, dm, false); err != nil {
-		if errors.Is(err, ErrBusy) {
-			return revert(err)
+	if active {
+		if err := p.removeDM(ctx, dm, false); err != nil {
+			if errors.Is(err, ErrBusy) {
+				return revert(err)
+			}
+			return fmt.Errorf("thinpool: delete %q (recovery finishes it at next open): %w", rec.Name, err)
 		}
-		return fmt.Errorf("thinpool: delete %q (recovery finishes it at next open): %w", rec.Name, err)
 	}
 	p.msgMu.Lock()
 	defer p.msgMu.Unlock()
