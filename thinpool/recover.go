@@ -35,6 +35,7 @@ func (p *Pool) recover(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	p.st.useIDs(recs)
 	kept := recs[:0]
 	for _, r := range recs {
 		gone, err := p.settleLocked(ctx, r, k)

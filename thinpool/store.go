@@ -49,14 +49,16 @@ type record struct {
 
 var (
 	bucketDevices = []byte("devices") // name -> record JSON
-	bucketIDs     = []byte("ids")     // thin id (big endian) -> name
-	bucketMeta    = []byte("meta")
-	keyTxID       = []byte("txid")        // last transaction id both sides agree on
-	keyTxIssued   = []byte("txid-issued") // last transaction id handed to a change
-	keyNextID     = []byte("next-id")     // where id allocation resumes
-	keyPrefix     = []byte("prefix")      // device-mapper name prefix
-	keyPoolName   = []byte("pool")        // pool device name
-	keyBlockSize  = []byte("blocksize")   // data block size in bytes
+	// bucketIDs was thin id -> name; the id index lives in memory now
+	// (store.ids), and openStore drops the bucket of older stores.
+	bucketIDs    = []byte("ids")
+	bucketMeta   = []byte("meta")
+	keyTxID      = []byte("txid")        // last transaction id both sides agree on
+	keyTxIssued  = []byte("txid-issued") // last transaction id handed to a change
+	keyNextID    = []byte("next-id")     // where id allocation resumes
+	keyPrefix    = []byte("prefix")      // device-mapper name prefix
+	keyPoolName  = []byte("pool")        // pool device name
+	keyBlockSize = []byte("blocksize")   // data block size in bytes
 )
 
 // txn is a store transaction.
@@ -74,6 +76,64 @@ type store struct {
 	staged map[string]*staged
 	// commits counts durable transactions (update), under mu (tests).
 	commits int
+	// ids maps the thin id of every committed record to its name: what
+	// allocID skips. Under mu; nil until built (useIDs, or allocID's scan).
+	ids map[uint32]string
+}
+
+// The thin ids in use are derived from the records instead of kept in a
+// bucket of their own: a bucket of 4-byte keys packs a hundred and more
+// entries per page, and bbolt reads a whole page into a node to change one
+// entry, which made up half the cost of committing an intent. putRecord and
+// deleteRecord keep the index through tx.OnCommit, so a transaction that
+// fails leaves it as it was; they find the index of their transaction's
+// store here.
+var storesByDB sync.Map // *bolt.DB -> *store
+
+func storeOf(tx *bolt.Tx) *store {
+	v, ok := storesByDB.Load(tx.DB())
+	if !ok {
+		return nil
+	}
+	return v.(*store)
+}
+
+// useIDs builds the id index from records read while nothing else writes
+// (Open's recovery reads them all anyway). A built index is kept.
+func (s *store) useIDs(recs []*record) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ids != nil {
+		return
+	}
+	s.ids = make(map[uint32]string, len(recs))
+	for _, r := range recs {
+		s.ids[r.ID] = r.Name
+	}
+}
+
+// idsLocked returns the index, building it from tx's records if need be.
+// Callers hold mu.
+func (s *store) idsLocked(tx *bolt.Tx) (map[uint32]string, error) {
+	if s.ids != nil {
+		return s.ids, nil
+	}
+	ids := map[uint32]string{}
+	err := tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
+		var r struct {
+			ID uint32 `json:"id"`
+		}
+		if err := json.Unmarshal(v, &r); err != nil {
+			return fmt.Errorf("thinpool: record %q: %w", k, err)
+		}
+		ids[r.ID] = string(k)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.ids = ids
+	return ids, nil
 }
 
 // staged is an outcome waiting for the next commit.
@@ -91,22 +151,29 @@ func openStore(path string) (*store, error) {
 		return nil, fmt.Errorf("thinpool: open metadata %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketDevices, bucketIDs, bucketMeta} {
+		for _, b := range [][]byte{bucketDevices, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
+		}
+		if tx.Bucket(bucketIDs) != nil {
+			return tx.DeleteBucket(bucketIDs)
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("thinpool: init metadata: %w", err), db.Close())
 	}
-	return &store{db: db, staged: map[string]*staged{}}, nil
+	s := &store{db: db, staged: map[string]*staged{}}
+	storesByDB.Store(db, s)
+	return s, nil
 }
 
 // close commits the staged outcomes and closes the database.
 func (s *store) close() error {
-	return errors.Join(s.update(func(*bolt.Tx) error { return nil }), s.db.Close())
+	err := errors.Join(s.update(func(*bolt.Tx) error { return nil }), s.db.Close())
+	storesByDB.Delete(s.db)
+	return err
 }
 
 // stage records the outcome of a change without a commit of its own: rec in
@@ -132,12 +199,6 @@ func (s *store) lookupStaged(name string) (*staged, bool) {
 	defer s.mu.Unlock()
 	v, ok := s.staged[name]
 	return v, ok
-}
-
-func idKey(id uint32) []byte {
-	var b [4]byte
-	binary.BigEndian.PutUint32(b[:], id)
-	return b[:]
 }
 
 func u64(b []byte) uint64 {
@@ -173,26 +234,56 @@ func putRecord(tx *bolt.Tx, r *record) error {
 	if err := tx.Bucket(bucketDevices).Put([]byte(r.Name), v); err != nil {
 		return err
 	}
-	return tx.Bucket(bucketIDs).Put(idKey(r.ID), []byte(r.Name))
+	if s := storeOf(tx); s != nil {
+		id, name := r.ID, r.Name
+		tx.OnCommit(func() {
+			s.mu.Lock()
+			if s.ids != nil {
+				s.ids[id] = name
+			}
+			s.mu.Unlock()
+		})
+	}
+	return nil
 }
 
 func deleteRecord(tx *bolt.Tx, r *record) error {
 	if err := tx.Bucket(bucketDevices).Delete([]byte(r.Name)); err != nil {
 		return err
 	}
-	return tx.Bucket(bucketIDs).Delete(idKey(r.ID))
+	if s := storeOf(tx); s != nil {
+		id, name := r.ID, r.Name
+		tx.OnCommit(func() {
+			s.mu.Lock()
+			if s.ids != nil && s.ids[id] == name {
+				delete(s.ids, id)
+			}
+			s.mu.Unlock()
+		})
+	}
+	return nil
 }
 
 // allocID finds a free thin id, starting after the last one handed out, so
-// ids are reused only after the id space wrapped.
+// ids are reused only after the id space wrapped. An id freed in tx itself
+// counts as used until tx commits.
 func allocID(tx *bolt.Tx) (uint32, error) {
+	s := storeOf(tx)
+	if s == nil {
+		return 0, errors.New("thinpool: allocID outside a store's transaction")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ids, err := s.idsLocked(tx)
+	if err != nil {
+		return 0, err
+	}
 	meta := tx.Bucket(bucketMeta)
-	ids := tx.Bucket(bucketIDs)
 	next := uint32(u64(meta.Get(keyNextID)))
 	const space = 1 << 24
 	for i := 0; i < space; i++ {
 		id := (next + uint32(i)) % space
-		if ids.Get(idKey(id)) == nil {
+		if _, used := ids[id]; !used {
 			return id, putU64(meta, keyNextID, uint64((id+1)%space))
 		}
 	}
