@@ -18,7 +18,7 @@
 //  2. the pool is sent its message (create_thin, create_snap, delete),
 //     after which the kernel commits the pool's metadata;
 //  3. the outcome is staged in memory, seen by every read at once, and
-//     committed with the next store commit (or at Close).
+//     committed with a later store commit (or at Close).
 //
 // A failure commits what is true at once (a create that did not happen is
 // forgotten, a delete that did not happen stays "deleting" and is

@@ -76,6 +76,9 @@ type store struct {
 	staged map[string]*staged
 	// commits counts durable transactions (update), under mu (tests).
 	commits int
+	// flushAt is how many staged outcomes make the next commit write
+	// them all (see update).
+	flushAt int
 	// ids maps the thin id of every committed record to its name: what
 	// allocID skips. Under mu; nil until built (useIDs, or allocID's scan).
 	ids map[uint32]string
@@ -164,24 +167,23 @@ func openStore(path string) (*store, error) {
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("thinpool: init metadata: %w", err), db.Close())
 	}
-	s := &store{db: db, staged: map[string]*staged{}}
+	s := &store{db: db, staged: map[string]*staged{}, flushAt: syncEvery}
 	storesByDB.Store(db, s)
 	return s, nil
 }
 
 // close commits the staged outcomes and closes the database.
 func (s *store) close() error {
-	err := errors.Join(s.update(func(*bolt.Tx) error { return nil }), s.db.Close())
+	err := errors.Join(s.commit(func(*bolt.Tx) error { return nil }, true), s.db.Close())
 	storesByDB.Delete(s.db)
 	return err
 }
 
 // stage records the outcome of a change without a commit of its own: rec in
-// state st, or dropped when st is "". Reads see it at once; the next update
-// (the next change's intent, any other store write, close) commits it in
-// its transaction. A crash before that leaves the record in its intended
-// state (creating, deleting), which recovery settles by asking the pool,
-// so the outcome needs no fsync of its own (txn.go).
+// state st, or dropped when st is "". Reads see it at once; a later commit
+// writes it (see update). A crash before that leaves the record in its
+// intended state (creating, deleting), which recovery settles by asking the
+// pool, so the outcome needs no fsync of its own (txn.go).
 func (s *store) stage(rec *record, st State) {
 	v := &staged{rec: *rec, drop: st == ""}
 	if !v.drop {
@@ -235,16 +237,33 @@ func putRecord(tx *bolt.Tx, r *record) error {
 		return err
 	}
 	if s := storeOf(tx); s != nil {
-		id, name := r.ID, r.Name
+		id, name, prev := r.ID, r.Name, s.stagedOf(r.Name)
 		tx.OnCommit(func() {
 			s.mu.Lock()
 			if s.ids != nil {
 				s.ids[id] = name
 			}
+			s.supersedeLocked(name, prev)
 			s.mu.Unlock()
 		})
 	}
 	return nil
+}
+
+// stagedOf returns name's staged outcome, nil if none.
+func (s *store) stagedOf(name string) *staged {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.staged[name]
+}
+
+// supersedeLocked forgets name's staged outcome prev once a transaction
+// that wrote name committed, unless name was staged again meanwhile.
+// Callers hold mu.
+func (s *store) supersedeLocked(name string, prev *staged) {
+	if prev != nil && s.staged[name] == prev {
+		delete(s.staged, name)
+	}
 }
 
 func deleteRecord(tx *bolt.Tx, r *record) error {
@@ -252,12 +271,13 @@ func deleteRecord(tx *bolt.Tx, r *record) error {
 		return err
 	}
 	if s := storeOf(tx); s != nil {
-		id, name := r.ID, r.Name
+		id, name, prev := r.ID, r.Name, s.stagedOf(r.Name)
 		tx.OnCommit(func() {
 			s.mu.Lock()
 			if s.ids != nil && s.ids[id] == name {
 				delete(s.ids, id)
 			}
+			s.supersedeLocked(name, prev)
 			s.mu.Unlock()
 		})
 	}
@@ -363,13 +383,24 @@ func (s *store) metaString(key []byte) (string, error) {
 	return v, err
 }
 
-// update runs fn in a durable transaction that first commits every staged
-// outcome, so fn sees (and may overwrite) them.
-func (s *store) update(fn func(tx *bolt.Tx) error) error {
+// update runs fn in a durable transaction. The transaction first writes
+// the staged drops (so that fn does not find a record that is gone) and,
+// once flushAt outcomes are staged, every staged outcome. A staged ready
+// record waits: on disk it is "creating", which fn may find (it exists
+// either way), and which recovery rolls forward after a crash. Writing it
+// with every commit cost as much again as the intent itself (bbolt rewrites
+// the page it is on). A record fn writes replaces its staged outcome.
+func (s *store) update(fn func(tx *bolt.Tx) error) error { return s.commit(fn, false) }
+
+// commit is update; all writes every staged outcome (close).
+func (s *store) commit(fn func(tx *bolt.Tx) error, all bool) error {
 	s.mu.Lock()
+	all = all || len(s.staged) >= s.flushAt
 	batch := make(map[string]*staged, len(s.staged))
 	for k, v := range s.staged {
-		batch[k] = v
+		if all || v.drop {
+			batch[k] = v
+		}
 	}
 	s.mu.Unlock()
 	err := s.db.Update(func(tx *bolt.Tx) error {

@@ -18,9 +18,10 @@ import (
 //     id, committed as the last one issued, so it is never handed out
 //     again.
 //   - After the message, the outcome (ready, or the record dropped) is only
-//     staged in memory (store.stage): reads see it at once, and the next
-//     store commit (the next intent, any other write, Close) writes it in
-//     its own transaction. No outcome needs an fsync of its own, because a
+//     staged in memory (store.stage): reads see it at once, and a later
+//     store commit writes it in its own transaction (a drop with the next
+//     commit, a ready record once 64 outcomes wait, or at Close; see
+//     store.update). No outcome needs an fsync of its own, because a
 //     record left in its intended state is settled by asking the pool:
 //     a "creating" record is rolled forward if the pool has its thin id and
 //     dropped if not, a "deleting" one is deleted again (a missing thin id

@@ -153,6 +153,13 @@ func TestOneCommitPerChange(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, StateReady, d.State)
 	assert.Equal(t, []string{"b"}, deviceNames(t, tp.Pool))
+	// On disk, a's record went with the delete's mark; b's outcome waits
+	// (a crash now leaves it "creating", which recovery rolls forward).
+	_, ok := onDisk(t, tp.Pool, "a")
+	assert.True(t, ok, "a's drop is staged until the next commit")
+	r, ok := onDisk(t, tp.Pool, "b")
+	require.True(t, ok)
+	assert.Equal(t, StateCreating, r.State, "b's outcome is not written by the commits after it")
 
 	// The transaction id moves at Close, to the last one issued, and the
 	// staged outcome is committed.
@@ -168,16 +175,20 @@ func TestOneCommitPerChange(t *testing.T) {
 	st, err = p.Status(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, issued, st.TransactionID, "Close moved the pool's transaction id")
-	_, ok := onDisk(t, p, "a")
+	_, ok = onDisk(t, p, "a")
 	assert.False(t, ok, "the delete's staged outcome was committed at Close")
-	r, ok := onDisk(t, p, "b")
+	r, ok = onDisk(t, p, "b")
 	require.True(t, ok)
-	assert.Equal(t, StateReady, r.State)
+	assert.Equal(t, StateReady, r.State, "b's staged outcome was committed at Close")
 
-	// Every syncEvery-th change moves it on its way.
+	// Every syncEvery-th change moves it on its way, and once flushAt
+	// outcomes are staged the next commit writes them.
 	p.msgMu.Lock()
 	p.syncEvery = 2
 	p.msgMu.Unlock()
+	p.st.mu.Lock()
+	p.st.flushAt = 2
+	p.st.mu.Unlock()
 	for _, name := range []string{"c", "d"} {
 		_, err := p.Create(ctx, name, 8*MiB)
 		require.NoError(t, err)
@@ -185,5 +196,15 @@ func TestOneCommitPerChange(t *testing.T) {
 	st, err = p.Status(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, p.issued, st.TransactionID, "the second change moved the pool's transaction id")
+	r, ok = onDisk(t, p, "c")
+	require.True(t, ok)
+	assert.Equal(t, StateCreating, r.State)
+	_, err = p.Create(ctx, "e", 8*MiB)
+	require.NoError(t, err)
+	for _, name := range []string{"c", "d"} {
+		r, ok = onDisk(t, p, name)
+		require.True(t, ok)
+		assert.Equal(t, StateReady, r.State, "%s written with the commit after flushAt outcomes", name)
+	}
 	assertPoolMatchesRecords(t, p)
 }
