@@ -7,6 +7,8 @@ echo "=== dmbench: devmapper package vs dmsetup CLI"
 ./dmbench -n 100
 echo "=== poolbench: thinpool vs raw ioctls vs dmsetup; scaling; Open time"
 ./poolbench -n 100 -levels "${POOLBENCH_LEVELS:-10,1000,10000}"
+echo "=== poolbench -rounds: thinpool snapshot/delete vs the raw message, interleaved rounds"
+./poolbench -n 100 -rounds 6
 echo "=== bench-driver: graphdriver vs dmsetup+mount CLIs; ApplyDiff vs plain directory"
 ./bench-driver
 echo "=== bench-snapshotters: container life through containerd's snapshotter API: dmthin vs containerd's devmapper vs overlayfs"

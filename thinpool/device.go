@@ -141,7 +141,6 @@ func (p *Pool) create(ctx context.Context, name, parent string, size int64, opts
 			return err
 		},
 		send: func() error { return p.message(fmt.Sprintf("create_thin %d", rec.ID)) },
-		undo: func() error { return p.deleteThinLocked(rec.ID) },
 		done: StateReady,
 	}
 	if origin != nil {
@@ -161,7 +160,9 @@ func (p *Pool) create(ctx context.Context, name, parent string, size int64, opts
 		return Device{}, fmt.Errorf("thinpool: create %q: %w", name, err)
 	}
 	p.log.WithFields(map[string]any{"device": name, "id": rec.ID, "parent": parent}).Debug("thin device created")
-	return p.describe(rec, nil), nil
+	// A device just made has no dm device yet: nothing live to ask the
+	// kernel about.
+	return recordDevice(rec), nil
 }
 
 // mapPoolErr turns what a full pool answers into ErrPoolFull.
@@ -411,9 +412,14 @@ func (p *Pool) deleteLocked(ctx context.Context, rec *record, opts DeleteOptions
 		}
 		return fmt.Errorf("thinpool: delete %q: %w", rec.Name, err)
 	}
+	// active: there is a dm device to remove. Nobody can make one while
+	// we hold the name's lock, unless discard does.
+	active := true
 	if info, err := p.dm.Info(dm); err == nil && info.OpenCount > 0 {
 		return busy(fmt.Errorf("%w: %q is open", ErrBusy, rec.Name))
-	} else if err != nil && !devmapper.IsNotFound(err) {
+	} else if devmapper.IsNotFound(err) {
+		active = false
+	} else if err != nil {
 		return err
 	}
 	prev := *rec
@@ -442,18 +448,22 @@ func (p *Pool) deleteLocked(ctx context.Context, rec *record, opts DeleteOptions
 			return fmt.Errorf("thinpool: delete %q (recovery finishes it at next open): %w", rec.Name, err)
 		}
 		p.step("delete:discarded")
+		active = true
 	}
-	if err := p.removeDM(ctx, dm, false); err != nil {
-		if errors.Is(err, ErrBusy) {
-			return revert(err)
+	if active {
+		if err := p.removeDM(ctx, dm, false); err != nil {
+			if errors.Is(err, ErrBusy) {
+				return revert(err)
+			}
+			return fmt.Errorf("thinpool: delete %q (recovery finishes it at next open): %w", rec.Name, err)
 		}
-		return fmt.Errorf("thinpool: delete %q (recovery finishes it at next open): %w", rec.Name, err)
 	}
 	p.msgMu.Lock()
 	defer p.msgMu.Unlock()
 	err := p.runLocked(change{
 		op:     "delete",
 		rec:    rec,
+		marked: true, // committed "deleting" above, or by an earlier attempt
 		send:   func() error { return p.deleteThinLocked(rec.ID) },
 		failed: StateDeleting,
 	})

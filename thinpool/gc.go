@@ -107,15 +107,14 @@ func (p *Pool) dropOrphanRecord(ctx context.Context, name string, id uint32) err
 func (p *Pool) removeOrphanThin(ctx context.Context, id uint32, opts GCOptions) error {
 	p.msgMu.Lock()
 	defer p.msgMu.Unlock()
-	var owner []byte
-	if err := p.st.db.View(func(tx txn) error {
-		owner = tx.Bucket(bucketIDs).Get(idKey(id))
-		return nil
-	}); err != nil {
+	recs, err := p.st.all() // staged outcomes included
+	if err != nil {
 		return err
 	}
-	if owner != nil {
-		return fmt.Errorf("thinpool: thin id %d is now %q's; left alone", id, owner)
+	for _, r := range recs {
+		if r.ID == id {
+			return fmt.Errorf("thinpool: thin id %d is now %q's; left alone", id, r.Name)
+		}
 	}
 	if opts.Discard {
 		if err := p.discardThinLocked(ctx, id, opts.Progress); err != nil {

@@ -64,7 +64,9 @@ type Options struct {
 	// LowWaterMark in bytes of free data space: the pool raises an event
 	// when free space drops below it. 0 means 1% of the data device.
 	// With AutoGrow it is derived from AutoGrow.ThresholdPercent and must
-	// stay 0.
+	// stay 0. Either way it is raised to MinFreeSpacePercent of the data
+	// device: that event is how creates learn that the minimum is reached
+	// without reading the pool's status each time.
 	LowWaterMark int64
 	// SkipBlockZeroing: do not zero newly provisioned blocks (faster
 	// first writes, but a new device may read stale data of deleted ones).

@@ -43,11 +43,17 @@ type Pool struct {
 	// issued is the last transaction id handed to a change (txn.go); the
 	// next one is past both. Guarded by msgMu.
 	issued uint64
+	// changes counts the changes since the pool's transaction id was last
+	// moved up to issued, which happens every syncEvery changes (txn.go).
+	// Guarded by msgMu.
+	changes, syncEvery int
 
 	locks keyedmutex.Map
 
 	// grow is the AutoGrow loop's state; nil without AutoGrow.
 	grow *autoGrower
+	// space is the free-space guard of creates (space.go).
+	space spaceGuard
 
 	// pending names the records recovery found waiting for deletion.
 	pending []string
@@ -92,7 +98,8 @@ func Open(ctx context.Context, opts Options) (_ *Pool, err error) {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, fmt.Errorf("thinpool: root: %w", err)
 	}
-	p := &Pool{opts: opts, log: opts.Logger.WithField("pool-root", root), closing: make(chan struct{}), hook: openHook}
+	p := &Pool{opts: opts, log: opts.Logger.WithField("pool-root", root), closing: make(chan struct{}), hook: openHook, syncEvery: syncEvery}
+	p.space.maxAge = spaceMaxAge
 	if opts.AutoGrow != nil && opts.source() == "loopback" {
 		p.grow = &autoGrower{cfg: opts.AutoGrow.withDefaults(), interval: autoGrowInterval}
 	}
@@ -149,6 +156,7 @@ func Open(ctx context.Context, opts Options) (_ *Pool, err error) {
 	if p.grow != nil {
 		p.startAutoGrow()
 	}
+	p.armSpace(false)
 	return p, nil
 }
 
@@ -213,7 +221,8 @@ func (p *Pool) enter() (func(), error) {
 // writes while waiting for growth is switched to error_if_no_space.
 func (p *Pool) Close() error {
 	p.closeOnce.Do(func() { close(p.closing) })
-	growErr := p.stopAutoGrow(true)
+	growErr := p.stopAutoGrow(true) // may reload the table, which re-arms the guard
+	p.stopSpace()
 	p.closeMu.Lock()
 	defer p.closeMu.Unlock()
 	if p.closed {
@@ -221,6 +230,16 @@ func (p *Pool) Close() error {
 	}
 	p.closed = true
 	errs := []error{growErr}
+	// Bring the pool's transaction id up to the last change and commit it
+	// with the staged outcomes (st.close). A pool that refuses (read-only)
+	// keeps its id: the next Open probes the records it does not cover.
+	p.msgMu.Lock()
+	if err := p.syncTxIDLocked(); err != nil {
+		p.log.WithError(err).Warn("close: could not move the pool's transaction id")
+	} else if err := p.st.update(func(tx txn) error { return putU64(tx.Bucket(bucketMeta), keyTxID, p.txid) }); err != nil {
+		errs = append(errs, fmt.Errorf("thinpool: close: record transaction id: %w", err))
+	}
+	p.msgMu.Unlock()
 	for _, l := range []*loopback.Device{p.dataLoop, p.metaLoop} {
 		if l != nil {
 			errs = append(errs, l.Close())
@@ -241,7 +260,15 @@ func (p *Pool) Shutdown(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	p.stopSpace() // the pool device goes away under the watcher
 	var errs []error
+	// While the pool is there to be told (Close does it too, but the pool
+	// may be gone by then).
+	p.msgMu.Lock()
+	if err := p.syncTxIDLocked(); err != nil {
+		p.log.WithError(err).Warn("shutdown: could not move the pool's transaction id")
+	}
+	p.msgMu.Unlock()
 	recs, err := p.st.all()
 	if err != nil {
 		errs = append(errs, err)

@@ -35,6 +35,7 @@ func (p *Pool) recover(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	p.st.useIDs(recs)
 	kept := recs[:0]
 	for _, r := range recs {
 		gone, err := p.settleLocked(ctx, r, k)
@@ -45,11 +46,16 @@ func (p *Pool) recover(ctx context.Context) error {
 			kept = append(kept, r)
 		}
 	}
-	// Commit what we changed in the pool before the store forgets it.
+	// Commit what we changed in the pool before the store forgets it, and
+	// move the pool's transaction id up to the last change (txn.go): from
+	// now on every record is covered by it.
 	if err := p.commitMetadata(); err != nil {
 		return err
 	}
-	if err := p.st.update(func(tx txn) error { return putU64(tx.Bucket(bucketMeta), keyTxID, k) }); err != nil {
+	if err := p.syncTxIDLocked(); err != nil {
+		p.log.WithError(err).Warn("recovery: could not move the pool's transaction id")
+	}
+	if err := p.st.update(func(tx txn) error { return putU64(tx.Bucket(bucketMeta), keyTxID, p.txid) }); err != nil {
 		return err
 	}
 	p.removeStrays(ctx, kept)

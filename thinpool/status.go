@@ -111,6 +111,12 @@ func (p *Pool) spaceStatus() (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
+	return p.spaceFrom(ps), nil
+}
+
+// spaceFrom fills in a Status from the pool's status line, bounding a
+// loopback pool's free space by that of the filesystem holding its files.
+func (p *Pool) spaceFrom(ps devmapper.ThinPoolStatus) Status {
 	bs := int64(p.blockSize.Bytes())
 	s := Status{
 		Name: p.name, BlockSize: bs, Mode: ps.Mode, NeedsCheck: ps.NeedsCheck,
@@ -136,7 +142,7 @@ func (p *Pool) spaceStatus() (Status, error) {
 	if p.direct != nil {
 		s.Device = p.direct.path
 	}
-	return s, nil
+	return s
 }
 
 func fsFree(dir string) (int64, error) {
@@ -149,12 +155,14 @@ func fsFree(dir string) (int64, error) {
 
 // checkSpace refuses new devices when free data or metadata space is below
 // the minimum (data: unless AutoGrow can still grow the pool), or the pool
-// is not writable.
+// is not writable. It reads the pool's status only when the guard cannot
+// vouch for the last one (space.go).
 func (p *Pool) checkSpace() error {
-	s, err := p.spaceStatus()
+	ps, err := p.guardStatus()
 	if err != nil {
 		return err
 	}
+	s := p.spaceFrom(ps)
 	switch s.Mode {
 	case devmapper.PoolOutOfDataSpace:
 		return &SpaceError{What: "data", Free: s.DataAvailable, Total: s.DataTotal, OutOfData: true}
@@ -261,6 +269,8 @@ func (p *Pool) reloadPoolLocked() error {
 	if err := p.reload(p.name, want); err != nil {
 		return fmt.Errorf("thinpool: reload %q: %w", p.name, err)
 	}
+	// The resume cleared the pool's low-water trigger.
+	p.armSpace(true)
 	return nil
 }
 

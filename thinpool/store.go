@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -52,22 +54,100 @@ type record struct {
 
 var (
 	bucketDevices = []byte("devices") // name -> record JSON
-	bucketIDs     = []byte("ids")     // thin id (big endian) -> name
-	bucketMeta    = []byte("meta")
-	keyTxID       = []byte("txid")        // last transaction id both sides agree on
-	keyTxIssued   = []byte("txid-issued") // last transaction id handed to a change
-	keyNextID     = []byte("next-id")     // where id allocation resumes
-	keyPrefix     = []byte("prefix")      // device-mapper name prefix
-	keyPoolName   = []byte("pool")        // pool device name
-	keyBlockSize  = []byte("blocksize")   // data block size in bytes
+	// bucketIDs was thin id -> name; the id index lives in memory now
+	// (store.ids), and openStore drops the bucket of older stores.
+	bucketIDs    = []byte("ids")
+	bucketMeta   = []byte("meta")
+	keyTxID      = []byte("txid")        // last transaction id both sides agree on
+	keyTxIssued  = []byte("txid-issued") // last transaction id handed to a change
+	keyNextID    = []byte("next-id")     // where id allocation resumes
+	keyPrefix    = []byte("prefix")      // device-mapper name prefix
+	keyPoolName  = []byte("pool")        // pool device name
+	keyBlockSize = []byte("blocksize")   // data block size in bytes
 )
 
 // txn is a store transaction.
 type txn = *bolt.Tx
 
-// store wraps the bbolt database.
+// store wraps the bbolt database, plus the outcomes of changes that are
+// not committed yet (see stage).
 type store struct {
 	db *bolt.DB
+
+	// mu guards staged: record name -> the record's state after a change
+	// that succeeded, nil for a record the change dropped. Reads see
+	// staged outcomes; the next update commits them in its transaction.
+	mu     sync.Mutex
+	staged map[string]*staged
+	// commits counts durable transactions (update), under mu (tests).
+	commits int
+	// flushAt is how many staged outcomes make the next commit write
+	// them all (see update).
+	flushAt int
+	// ids maps the thin id of every committed record to its name: what
+	// allocID skips. Under mu; nil until built (useIDs, or allocID's scan).
+	ids map[uint32]string
+}
+
+// The thin ids in use are derived from the records instead of kept in a
+// bucket of their own: a bucket of 4-byte keys packs a hundred and more
+// entries per page, and bbolt reads a whole page into a node to change one
+// entry, which made up half the cost of committing an intent. putRecord and
+// deleteRecord keep the index through tx.OnCommit, so a transaction that
+// fails leaves it as it was; they find the index of their transaction's
+// store here.
+var storesByDB sync.Map // *bolt.DB -> *store
+
+func storeOf(tx *bolt.Tx) *store {
+	v, ok := storesByDB.Load(tx.DB())
+	if !ok {
+		return nil
+	}
+	return v.(*store)
+}
+
+// useIDs builds the id index from records read while nothing else writes
+// (Open's recovery reads them all anyway). A built index is kept.
+func (s *store) useIDs(recs []*record) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ids != nil {
+		return
+	}
+	s.ids = make(map[uint32]string, len(recs))
+	for _, r := range recs {
+		s.ids[r.ID] = r.Name
+	}
+}
+
+// idsLocked returns the index, building it from tx's records if need be.
+// Callers hold mu.
+func (s *store) idsLocked(tx *bolt.Tx) (map[uint32]string, error) {
+	if s.ids != nil {
+		return s.ids, nil
+	}
+	ids := map[uint32]string{}
+	err := tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
+		var r struct {
+			ID uint32 `json:"id"`
+		}
+		if err := json.Unmarshal(v, &r); err != nil {
+			return fmt.Errorf("thinpool: record %q: %w", k, err)
+		}
+		ids[r.ID] = string(k)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.ids = ids
+	return ids, nil
+}
+
+// staged is an outcome waiting for the next commit.
+type staged struct {
+	rec  record
+	drop bool
 }
 
 func openStore(path string) (*store, error) {
@@ -79,25 +159,53 @@ func openStore(path string) (*store, error) {
 		return nil, fmt.Errorf("thinpool: open metadata %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketDevices, bucketIDs, bucketMeta} {
+		for _, b := range [][]byte{bucketDevices, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
+		}
+		if tx.Bucket(bucketIDs) != nil {
+			return tx.DeleteBucket(bucketIDs)
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("thinpool: init metadata: %w", err), db.Close())
 	}
-	return &store{db: db}, nil
+	s := &store{db: db, staged: map[string]*staged{}, flushAt: syncEvery}
+	storesByDB.Store(db, s)
+	return s, nil
 }
 
-func (s *store) close() error { return s.db.Close() }
+// close commits the staged outcomes and closes the database.
+func (s *store) close() error {
+	err := errors.Join(s.commit(func(*bolt.Tx) error { return nil }, true), s.db.Close())
+	storesByDB.Delete(s.db)
+	return err
+}
 
-func idKey(id uint32) []byte {
-	var b [4]byte
-	binary.BigEndian.PutUint32(b[:], id)
-	return b[:]
+// stage records the outcome of a change without a commit of its own: rec in
+// state st, or dropped when st is "". Reads see it at once; a later commit
+// writes it (see update). A crash before that leaves the record in its
+// intended state (creating, deleting), which recovery settles by asking the
+// pool, so the outcome needs no fsync of its own (txn.go).
+func (s *store) stage(rec *record, st State) {
+	v := &staged{rec: *rec, drop: st == ""}
+	if !v.drop {
+		rec.State = st
+		v.rec.State = st
+	}
+	s.mu.Lock()
+	s.staged[rec.Name] = v
+	s.mu.Unlock()
+}
+
+// lookupStaged returns the staged outcome of name, if any.
+func (s *store) lookupStaged(name string) (*staged, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, ok := s.staged[name]
+	return v, ok
 }
 
 func u64(b []byte) uint64 {
@@ -133,26 +241,74 @@ func putRecord(tx *bolt.Tx, r *record) error {
 	if err := tx.Bucket(bucketDevices).Put([]byte(r.Name), v); err != nil {
 		return err
 	}
-	return tx.Bucket(bucketIDs).Put(idKey(r.ID), []byte(r.Name))
+	if s := storeOf(tx); s != nil {
+		id, name, prev := r.ID, r.Name, s.stagedOf(r.Name)
+		tx.OnCommit(func() {
+			s.mu.Lock()
+			if s.ids != nil {
+				s.ids[id] = name
+			}
+			s.supersedeLocked(name, prev)
+			s.mu.Unlock()
+		})
+	}
+	return nil
+}
+
+// stagedOf returns name's staged outcome, nil if none.
+func (s *store) stagedOf(name string) *staged {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.staged[name]
+}
+
+// supersedeLocked forgets name's staged outcome prev once a transaction
+// that wrote name committed, unless name was staged again meanwhile.
+// Callers hold mu.
+func (s *store) supersedeLocked(name string, prev *staged) {
+	if prev != nil && s.staged[name] == prev {
+		delete(s.staged, name)
+	}
 }
 
 func deleteRecord(tx *bolt.Tx, r *record) error {
 	if err := tx.Bucket(bucketDevices).Delete([]byte(r.Name)); err != nil {
 		return err
 	}
-	return tx.Bucket(bucketIDs).Delete(idKey(r.ID))
+	if s := storeOf(tx); s != nil {
+		id, name, prev := r.ID, r.Name, s.stagedOf(r.Name)
+		tx.OnCommit(func() {
+			s.mu.Lock()
+			if s.ids != nil && s.ids[id] == name {
+				delete(s.ids, id)
+			}
+			s.supersedeLocked(name, prev)
+			s.mu.Unlock()
+		})
+	}
+	return nil
 }
 
 // allocID finds a free thin id, starting after the last one handed out, so
-// ids are reused only after the id space wrapped.
+// ids are reused only after the id space wrapped. An id freed in tx itself
+// counts as used until tx commits.
 func allocID(tx *bolt.Tx) (uint32, error) {
+	s := storeOf(tx)
+	if s == nil {
+		return 0, errors.New("thinpool: allocID outside a store's transaction")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ids, err := s.idsLocked(tx)
+	if err != nil {
+		return 0, err
+	}
 	meta := tx.Bucket(bucketMeta)
-	ids := tx.Bucket(bucketIDs)
 	next := uint32(u64(meta.Get(keyNextID)))
 	const space = 1 << 24
 	for i := 0; i < space; i++ {
 		id := (next + uint32(i)) % space
-		if ids.Get(idKey(id)) == nil {
+		if _, used := ids[id]; !used {
 			return id, putU64(meta, keyNextID, uint64((id+1)%space))
 		}
 	}
@@ -160,6 +316,13 @@ func allocID(tx *bolt.Tx) (uint32, error) {
 }
 
 func (s *store) get(name string) (*record, error) {
+	if v, ok := s.lookupStaged(name); ok {
+		if v.drop {
+			return nil, fmt.Errorf("%w: %q", ErrNotFound, name)
+		}
+		r := v.rec
+		return &r, nil
+	}
 	var r *record
 	err := s.db.View(func(tx *bolt.Tx) error {
 		var err error
@@ -181,7 +344,28 @@ func (s *store) all() ([]*record, error) {
 			return nil
 		})
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.staged) == 0 {
+		return out, nil
+	}
+	kept := out[:0]
+	for _, r := range out {
+		if _, ok := s.staged[r.Name]; !ok {
+			kept = append(kept, r)
+		}
+	}
+	for _, v := range s.staged {
+		if !v.drop {
+			r := v.rec
+			kept = append(kept, &r)
+		}
+	}
+	sort.Slice(kept, func(i, j int) bool { return kept[i].Name < kept[j].Name })
+	return kept, nil
 }
 
 // txIDs returns the last transaction id both sides agreed on and the last
@@ -204,4 +388,51 @@ func (s *store) metaString(key []byte) (string, error) {
 	return v, err
 }
 
-func (s *store) update(fn func(tx *bolt.Tx) error) error { return s.db.Update(fn) }
+// update runs fn in a durable transaction. The transaction first writes
+// the staged drops (so that fn does not find a record that is gone) and,
+// once flushAt outcomes are staged, every staged outcome. A staged ready
+// record waits: on disk it is "creating", which fn may find (it exists
+// either way), and which recovery rolls forward after a crash. Writing it
+// with every commit cost as much again as the intent itself (bbolt rewrites
+// the page it is on). A record fn writes replaces its staged outcome.
+func (s *store) update(fn func(tx *bolt.Tx) error) error { return s.commit(fn, false) }
+
+// commit is update; all writes every staged outcome (close).
+func (s *store) commit(fn func(tx *bolt.Tx) error, all bool) error {
+	s.mu.Lock()
+	all = all || len(s.staged) >= s.flushAt
+	batch := make(map[string]*staged, len(s.staged))
+	for k, v := range s.staged {
+		if all || v.drop {
+			batch[k] = v
+		}
+	}
+	s.mu.Unlock()
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for _, v := range batch {
+			r := v.rec
+			var err error
+			if v.drop {
+				err = deleteRecord(tx, &r)
+			} else {
+				err = putRecord(tx, &r)
+			}
+			if err != nil {
+				return fmt.Errorf("thinpool: commit outcome of %q: %w", r.Name, err)
+			}
+		}
+		return fn(tx)
+	})
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.commits++
+	for k, v := range batch {
+		if s.staged[k] == v { // not staged again meanwhile
+			delete(s.staged, k)
+		}
+	}
+	s.mu.Unlock()
+	return nil
+}

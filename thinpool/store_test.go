@@ -2,6 +2,7 @@ package thinpool
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"testing"
 	"time"
@@ -101,4 +102,58 @@ func TestRetryBusy(t *testing.T) {
 	err = retryBusy(ctx, 4, time.Hour, func() error { return unix.EBUSY })
 	assert.ErrorIs(t, err, context.Canceled)
 	assert.ErrorIs(t, err, unix.EBUSY)
+}
+
+// TestIDIndex: the thin ids in use are kept in memory from the records: a
+// transaction that fails leaves the index alone, a reopened store derives
+// it from the records, and an older store's ids bucket is dropped.
+func TestIDIndex(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "m.db")
+	s, err := openStore(path)
+	require.NoError(t, err)
+	failed := errors.New("fail the transaction")
+	err = s.update(func(tx txn) error {
+		id, err := allocID(tx)
+		require.NoError(t, err)
+		require.NoError(t, putRecord(tx, &record{Name: "gone", ID: id}))
+		return failed
+	})
+	require.ErrorIs(t, err, failed)
+	s.mu.Lock()
+	assert.Empty(t, s.ids, "a failed transaction adds no id")
+	s.mu.Unlock()
+	require.NoError(t, s.update(func(tx txn) error {
+		if _, err := tx.CreateBucket(bucketIDs); err != nil { // as an older store had
+			return err
+		}
+		return putRecord(tx, &record{Name: "a", ID: 5})
+	}))
+	require.NoError(t, s.close())
+
+	s, err = openStore(path)
+	require.NoError(t, err)
+	defer s.close()
+	require.NoError(t, s.db.View(func(tx txn) error {
+		assert.Nil(t, tx.Bucket(bucketIDs), "the old ids bucket is dropped")
+		return nil
+	}))
+	require.NoError(t, s.update(func(tx txn) error {
+		if err := putU64(tx.Bucket(bucketMeta), keyNextID, 5); err != nil {
+			return err
+		}
+		id, err := allocID(tx)
+		assert.Equal(t, uint32(6), id, "id 5 is used by a")
+		return err
+	}))
+	r, err := s.get("a")
+	require.NoError(t, err)
+	require.NoError(t, s.update(func(tx txn) error { return deleteRecord(tx, r) }))
+	require.NoError(t, s.update(func(tx txn) error {
+		if err := putU64(tx.Bucket(bucketMeta), keyNextID, 5); err != nil {
+			return err
+		}
+		id, err := allocID(tx)
+		assert.Equal(t, uint32(5), id, "5 is free once a is gone")
+		return err
+	}))
 }

@@ -180,7 +180,9 @@ func openCopy(data []byte, dir string) (*store, func() error, error) {
 	if err != nil {
 		return nil, nil, errors.Join(err, os.Remove(name))
 	}
-	for _, b := range [][]byte{bucketDevices, bucketIDs, bucketMeta} {
+	// (Older stores also have an "ids" bucket; since the thin ids are
+	// indexed in memory, newer ones do not, so it is not asked for.)
+	for _, b := range [][]byte{bucketDevices, bucketMeta} {
 		if err := db.View(func(tx txn) error {
 			if tx.Bucket(b) == nil {
 				return fmt.Errorf("bucket %q is missing: not a dmthin store", b)

@@ -8,30 +8,61 @@ import (
 
 // This file is the crash protocol: every change of the pool's thin devices
 // goes through runLocked, and Open decodes what a crash left through
-// settleLocked. The rules both sides rely on:
+// settleLocked. A change costs one durable store commit and one pool
+// metadata commit (the kernel commits after every message). The rules both
+// sides rely on:
 //
-//   - Before the pool is told anything, the record is committed in its
-//     intended state (creating, deleting) with the transaction id the change
-//     will give the pool. That id is also committed as the last one issued,
-//     so it is never handed out again, even when the change fails.
-//   - After the message, set_transaction_id moves the pool to that id, and
-//     then the store commits the outcome.
-//   - On any failure the store is told what is true (the record dropped,
-//     or left "deleting" so the thin id is deleted later) and the pool's
-//     transaction is closed, so no thin id is leaked and no transaction id
-//     is reused.
-//   - Recovery never trusts a transaction id alone where the pool can be
-//     asked: a "deleting" record is dropped only once the pool has no such
-//     thin id, and a "creating" record the pool's id says is complete is
-//     probed before it is rolled forward.
+//   - Before the pool is told anything, the record is committed (fsync) in
+//     its intended state: "creating" with the id it will have, or
+//     "deleting". A create also stamps the record with a new transaction
+//     id, committed as the last one issued, so it is never handed out
+//     again.
+//   - After the message, the outcome (ready, or the record dropped) is only
+//     staged in memory (store.stage): reads see it at once, and a later
+//     store commit writes it in its own transaction (a drop with the next
+//     commit, a ready record once 64 outcomes wait, or at Close; see
+//     store.update). No outcome needs an fsync of its own, because a
+//     record left in its intended state is settled by asking the pool:
+//     a "creating" record is rolled forward if the pool has its thin id and
+//     dropped if not, a "deleting" one is deleted again (a missing thin id
+//     counts as deleted). Nor can the outcome be written with bbolt's
+//     NoSync for that one transaction: bbolt reuses the pages a
+//     transaction frees in the next one, so after an unsynced commit the
+//     next, synced one may overwrite pages that the last durable meta page
+//     still points to; a power loss in between leaves neither tree intact.
+//   - A failure is committed at once (failures are rare and the record must
+//     say what is true: a create whose message failed is dropped, a delete
+//     whose message failed stays "deleting" to be retried).
+//   - The pool's transaction id is not moved per change. It is a watermark
+//     brought up to the last id issued when Open has settled the store and
+//     at Close, and on the way of every syncEvery-th change: a ready record
+//     stamped at or below the pool's transaction id is trusted, one above
+//     it (made since the last watermark) is probed at Open, so a pool whose
+//     metadata went back in time (power loss under a volatile cache, an
+//     old metadata image) is caught. The pool's transaction id thus keeps
+//     counting changes, as tools that read it (thin_dump, lvm) expect, at
+//     one extra pool commit per syncEvery changes.
+
+// syncEvery is how many changes may pass before the pool's transaction id
+// is moved up to the last one issued (and so about how many ready records
+// Open may have to probe after a crash, besides the changes left
+// half-done). Pool.syncEvery starts at it; tests lower it.
+const syncEvery = 64
 
 // change is one change of the pool's thin devices.
 type change struct {
-	// op names the steps the test hook sees: op+":intent", ":message",
-	// ":txid", ":done".
+	// op names the steps the test hook sees: op+":intent" (the intent is
+	// durable, the pool not told yet), op+":message" (the pool changed,
+	// the outcome is staged, not yet committed) and, on the changes that
+	// move the pool's transaction id, op+":txid".
 	op string
-	// rec is the record in its intended state; runLocked sets its TxID.
+	// rec is the record in its intended state; runLocked stamps a new
+	// transaction id on it unless marked.
 	rec *record
+	// marked: rec is already committed in its intended state (a delete
+	// marks its record "deleting" before it destroys anything), so
+	// runLocked commits no intent of its own.
+	marked bool
 	// check runs in the intent's store transaction before rec is written
 	// (name checks, id allocation).
 	check func(tx txn) error
@@ -40,11 +71,8 @@ type change struct {
 	// sent runs right after send, whatever its outcome (resuming a
 	// snapshot's origin); its error is returned with the result.
 	sent func() error
-	// undo reverses send when the transaction id cannot be moved after it;
-	// nil when the change needs no undo.
-	undo func() error
-	// done and failed are the states committed on success and when send
-	// failed; "" drops the record.
+	// done and failed are the states recorded on success (staged) and
+	// when send failed (committed); "" drops the record.
 	done, failed State
 }
 
@@ -54,26 +82,28 @@ func (p *Pool) nextTxIDLocked() uint64 { return max(p.txid, p.issued) + 1 }
 
 // runLocked runs one change under the crash protocol. Callers hold msgMu.
 func (p *Pool) runLocked(c change) (err error) {
-	next := p.nextTxIDLocked()
-	c.rec.TxID = next
-	err = p.st.update(func(tx txn) error {
-		if c.check != nil {
-			if err := c.check(tx); err != nil {
+	if !c.marked {
+		next := p.nextTxIDLocked()
+		c.rec.TxID = next
+		err = p.st.update(func(tx txn) error {
+			if c.check != nil {
+				if err := c.check(tx); err != nil {
+					return err
+				}
+			}
+			if err := putRecord(tx, c.rec); err != nil {
 				return err
 			}
-		}
-		if err := putRecord(tx, c.rec); err != nil {
+			return putU64(tx.Bucket(bucketMeta), keyTxIssued, next)
+		})
+		if err != nil {
+			if c.sent != nil {
+				err = errors.Join(err, c.sent())
+			}
 			return err
 		}
-		return putU64(tx.Bucket(bucketMeta), keyTxIssued, next)
-	})
-	if err != nil {
-		if c.sent != nil {
-			err = errors.Join(err, c.sent())
-		}
-		return err
+		p.issued = next
 	}
-	p.issued = next
 	p.step(c.op + ":intent")
 
 	sendErr := c.send()
@@ -82,41 +112,36 @@ func (p *Pool) runLocked(c change) (err error) {
 		sentErr = c.sent()
 	}
 	if sendErr != nil {
-		// The pool did not change. Record that, then close the
-		// transaction so that next is never produced by another change.
-		return errors.Join(p.mapPoolErr(sendErr), sentErr,
-			p.commitState(c.rec, c.failed, 0),
-			p.closeTxLocked(next))
+		return errors.Join(p.mapPoolErr(sendErr), sentErr, p.commitState(c.rec, c.failed, 0))
 	}
+	p.st.stage(c.rec, c.done)
 	p.step(c.op + ":message")
-
-	if err := p.setTxIDLocked(next); err != nil {
-		errs := []error{err, sentErr}
-		if c.undo == nil {
-			// Done in the pool; only its transaction id did not move.
-			// Recovery does not need it for a record that is gone.
-			errs = append(errs, p.commitState(c.rec, c.done, 0))
-			return errors.Join(errs...)
+	p.changes++
+	if p.changes >= p.syncEvery {
+		if err := p.syncTxIDLocked(); err != nil {
+			// The change is done; only the watermark stays behind, and
+			// Open probes what it does not cover.
+			p.log.WithError(err).Warn("could not move the pool's transaction id")
+		} else {
+			p.step(c.op + ":txid")
 		}
-		if uerr := c.undo(); uerr != nil {
-			// Made but neither acknowledged nor undone: leave a
-			// tombstone so the thin id is deleted later.
-			errs = append(errs, fmt.Errorf("undo: %w", uerr), p.commitState(c.rec, StateDeleting, 0))
-			return errors.Join(errs...)
-		}
-		errs = append(errs, p.commitState(c.rec, c.failed, 0))
-		return errors.Join(errs...)
 	}
-	p.step(c.op + ":txid")
-	if err := p.commitState(c.rec, c.done, next); err != nil {
-		return errors.Join(fmt.Errorf("thinpool: %s %q: record outcome (recovery settles it at next open): %w", c.op, c.rec.Name, err), sentErr)
-	}
-	p.step(c.op + ":done")
 	return sentErr
 }
 
+// syncTxIDLocked moves the pool's transaction id up to the last one issued.
+// Callers hold msgMu.
+func (p *Pool) syncTxIDLocked() error {
+	p.changes = 0
+	if p.issued <= p.txid {
+		return nil
+	}
+	return p.setTxIDLocked(p.issued)
+}
+
 // commitState commits rec in state s ("" drops it) and, unless 0, the
-// transaction id both sides now agree on.
+// transaction id both sides now agree on. It commits the staged outcomes
+// too (store.update).
 func (p *Pool) commitState(rec *record, s State, agreed uint64) error {
 	return p.st.update(func(tx txn) error {
 		var err error
@@ -133,20 +158,6 @@ func (p *Pool) commitState(rec *record, s State, agreed uint64) error {
 	})
 }
 
-// closeTxLocked moves the pool to transaction id next after a change that
-// did not happen, so that id is consumed on both sides. A pool that refuses
-// (read-only, failed) keeps its id; the store's issued id still moved on.
-func (p *Pool) closeTxLocked(next uint64) error {
-	if err := p.setTxIDLocked(next); err != nil {
-		p.log.WithError(err).WithField("txid", next).Warn("could not close the transaction of a failed change")
-		return nil
-	}
-	if err := p.st.update(func(tx txn) error { return putU64(tx.Bucket(bucketMeta), keyTxID, next) }); err != nil {
-		return fmt.Errorf("thinpool: record transaction id %d: %w", next, err)
-	}
-	return nil
-}
-
 // settleLocked settles one record left by a crash or a failed change, k
 // being the pool's transaction id. gone reports that its record was
 // removed. A record it cannot settle is marked faulty with the reason and
@@ -160,22 +171,16 @@ func (p *Pool) settleLocked(ctx context.Context, r *record, k uint64) (gone bool
 	}
 	switch r.State {
 	case StateCreating:
-		if k >= r.TxID {
-			ok, err := p.thinExists(r.ID)
-			if err != nil {
-				return faulty(fmt.Errorf("probe thin id %d: %w", r.ID, err))
-			}
-			if ok {
-				log.Info("recovery: create had completed; rolling forward")
-				return false, p.commitState(r, StateReady, 0)
-			}
-			log.Info("recovery: create had failed; dropping its record")
-			return true, p.commitState(r, "", 0)
+		// The pool says whether the message went through.
+		ok, err := p.thinExists(r.ID)
+		if err != nil {
+			return faulty(fmt.Errorf("probe thin id %d: %w", r.ID, err))
 		}
-		log.Info("recovery: create was cut short; rolling back")
-		if err := p.deleteThinLocked(r.ID); err != nil {
-			return faulty(fmt.Errorf("roll back create of thin id %d: %w", r.ID, err))
+		if ok {
+			log.Info("recovery: create had completed; rolling forward")
+			return false, p.commitState(r, StateReady, 0)
 		}
+		log.Info("recovery: create had not reached the pool; dropping its record")
 		return true, p.commitState(r, "", 0)
 	case StateDeleting:
 		log.Info("recovery: finishing delete")

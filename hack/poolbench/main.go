@@ -4,6 +4,10 @@
 // one run; then how snapshot and activate times change as the pool holds
 // 10, 1,000 and 10,000 devices, and how long Open takes with them. It needs
 // root and dm-thin-pool; `make bench` runs it in the test VM.
+//
+// With -rounds R it only compares snapshot and delete through thinpool with
+// the single raw kernel message each, in R rounds that alternate which side
+// goes first, and prints every round's ratios and their medians.
 package main
 
 import (
@@ -22,7 +26,12 @@ import (
 func main() {
 	n := flag.Int("n", 100, "operations per measurement")
 	levels := flag.String("levels", "10,1000,10000", "device counts for the scaling table")
+	rounds := flag.Int("rounds", 0, "only the snapshot/delete comparison with raw messages, in this many interleaved rounds of n operations")
 	flag.Parse()
+	run := run
+	if *rounds > 0 {
+		run = func(n int, _ string) error { return runRounds(n, *rounds) }
+	}
 	if err := run(*n, *levels); err != nil {
 		fmt.Fprintln(os.Stderr, "poolbench:", err)
 		os.Exit(1)
