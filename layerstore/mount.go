@@ -136,7 +136,8 @@ func (s *Store) Put(ctx context.Context, name string) error {
 // waitClosed waits a little for dev to have no opener: the filesystem's
 // last reference to it can be dropped by another task (one syncing, say)
 // just after umount returns. It fails with thinpool.ErrBusy if it stays
-// open for about 150 ms.
+// open for about 1.3 s (150 ms was too short under emulation: the
+// graphdriver's TestConcurrentLayers saw the parent still open then).
 func (s *Store) waitClosed(ctx context.Context, dev string) error {
 	for i := 0; ; i++ {
 		info, err := s.pool.Get(dev)
@@ -146,7 +147,7 @@ func (s *Store) waitClosed(ctx context.Context, dev string) error {
 		if info.OpenCount == 0 {
 			return nil
 		}
-		if i == 4 {
+		if i == 7 {
 			return fmt.Errorf("%w: %q is open", thinpool.ErrBusy, dev)
 		}
 		select {
