@@ -74,6 +74,9 @@ type txn = *bolt.Tx
 type store struct {
 	db *bolt.DB
 
+	// commitMu serialises commits (see commit).
+	commitMu sync.Mutex
+
 	// mu guards staged: record name -> the record's state after a change
 	// that succeeded, nil for a record the change dropped. Reads see
 	// staged outcomes; the next update commits them in its transaction.
@@ -397,8 +400,20 @@ func (s *store) metaString(key []byte) (string, error) {
 // the page it is on). A record fn writes replaces its staged outcome.
 func (s *store) update(fn func(tx *bolt.Tx) error) error { return s.commit(fn, false) }
 
+// commitPause, when set, is called between choosing a commit's staged
+// outcomes and writing them (tests).
+var commitPause func()
+
 // commit is update; all writes every staged outcome (close).
 func (s *store) commit(fn func(tx *bolt.Tx) error, all bool) error {
+	// One commit at a time, from choosing its staged outcomes to clearing
+	// them: two overlapping commits could otherwise write an outcome after
+	// a newer record of the same name (a stale drop deleting a record made
+	// again meanwhile). Changes hold msgMu, but label updates and resizes
+	// hold only their device's lock. bbolt serialises writers anyway, so
+	// this costs no concurrency.
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
 	s.mu.Lock()
 	all = all || len(s.staged) >= s.flushAt
 	batch := make(map[string]*staged, len(s.staged))
@@ -408,6 +423,9 @@ func (s *store) commit(fn func(tx *bolt.Tx) error, all bool) error {
 		}
 	}
 	s.mu.Unlock()
+	if commitPause != nil {
+		commitPause()
+	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		for _, v := range batch {
 			r := v.rec
