@@ -423,7 +423,12 @@ func (p *Pool) deleteLocked(ctx context.Context, rec *record, opts DeleteOptions
 		return err
 	}
 	prev := *rec
-	if rec.State != StateDeleting {
+	// A retired record needs no mark: it is out of use already, and
+	// whatever a crash leaves of its deletion is finished by deleting it
+	// again (a thin id the pool no longer has deletes as done). That saves
+	// the background deletion of a removed layer one durable commit.
+	marked := rec.State == StateDeleting || rec.State == StateRetired
+	if !marked {
 		if err := p.commitState(rec, StateDeleting, 0); err != nil {
 			return err
 		}
@@ -434,9 +439,11 @@ func (p *Pool) deleteLocked(ctx context.Context, rec *record, opts DeleteOptions
 		if prev.State == StateDeleting {
 			return fmt.Errorf("thinpool: delete %q: %w", rec.Name, err)
 		}
-		*rec = prev
-		if rerr := p.commitState(rec, prev.State, 0); rerr != nil {
-			return errors.Join(fmt.Errorf("thinpool: delete %q: %w", rec.Name, err), rerr)
+		if !marked {
+			*rec = prev
+			if rerr := p.commitState(rec, prev.State, 0); rerr != nil {
+				return errors.Join(fmt.Errorf("thinpool: delete %q: %w", rec.Name, err), rerr)
+			}
 		}
 		return busy(err)
 	}
@@ -463,7 +470,7 @@ func (p *Pool) deleteLocked(ctx context.Context, rec *record, opts DeleteOptions
 	err := p.runLocked(change{
 		op:     "delete",
 		rec:    rec,
-		marked: true, // committed "deleting" above, or by an earlier attempt
+		marked: true, // committed "deleting" above, by an earlier attempt, or retired
 		send:   func() error { return p.deleteThinLocked(rec.ID) },
 		failed: StateDeleting,
 	})
