@@ -19,6 +19,7 @@ func TestOverlappingCommitsKeepStagedOrder(t *testing.T) {
 	st, err := openStore(filepath.Join(t.TempDir(), "metadata.db"))
 	require.NoError(t, err)
 	defer st.close()
+	st.flushDelay = 0 // no background flush: the two commits below are the only ones
 	require.NoError(t, st.update(func(tx txn) error {
 		return putRecord(tx, &record{Name: "x", ID: 1, State: StateReady})
 	}))
@@ -71,4 +72,39 @@ func TestOverlappingCommitsKeepStagedOrder(t *testing.T) {
 		assert.Equal(t, uint32(3), r.ID)
 		return nil
 	}))
+}
+
+// Staged outcomes reach the disk in a background commit soon after they
+// were staged, not at the caller's next change: readers of the file (the
+// dmthin command) see a create as done. Callers' commits are not counted
+// for it.
+func TestStagedOutcomesFlushedInBackground(t *testing.T) {
+	st, err := openStore(filepath.Join(t.TempDir(), "metadata.db"))
+	require.NoError(t, err)
+	defer st.close()
+	require.NoError(t, st.update(func(tx txn) error {
+		return putRecord(tx, &record{Name: "x", ID: 1, State: StateCreating})
+	}))
+	st.mu.Lock()
+	commits := st.commits
+	st.mu.Unlock()
+	st.stage(&record{Name: "x", ID: 1, State: StateCreating}, StateReady)
+	onDisk := func() State {
+		var s State
+		require.NoError(t, st.db.View(func(tx txn) error {
+			r, err := getRecord(tx, "x")
+			if err == nil {
+				s = r.State
+			}
+			return err
+		}))
+		return s
+	}
+	assert.Eventually(t, func() bool { return onDisk() == StateReady }, 2*time.Second, 5*time.Millisecond,
+		"the staged outcome is written within about %s", stagedFlushDelay)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	assert.Equal(t, commits, st.commits, "no caller's commit")
+	assert.Equal(t, 1, st.flushes)
+	assert.Empty(t, st.staged)
 }

@@ -76,6 +76,14 @@ type store struct {
 
 	// commitMu serialises commits (see commit).
 	commitMu sync.Mutex
+	// flushDelay: staged outcomes are written by a background commit this
+	// long after the first of them was staged (0: only by the next
+	// commit, at flushAt, or at close). Under mu, with flushTimer,
+	// flushes (background commits made, for tests) and closed.
+	flushDelay time.Duration
+	flushTimer *time.Timer
+	flushes    int
+	closed     bool
 
 	// mu guards staged: record name -> the record's state after a change
 	// that succeeded, nil for a record the change dropped. Reads see
@@ -175,14 +183,21 @@ func openStore(path string) (*store, error) {
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("thinpool: init metadata: %w", err), db.Close())
 	}
-	s := &store{db: db, staged: map[string]*staged{}, flushAt: syncEvery}
+	s := &store{db: db, staged: map[string]*staged{}, flushAt: syncEvery, flushDelay: stagedFlushDelay}
 	storesByDB.Store(db, s)
 	return s, nil
 }
 
 // close commits the staged outcomes and closes the database.
 func (s *store) close() error {
-	err := errors.Join(s.commit(func(*bolt.Tx) error { return nil }, true), s.db.Close())
+	s.mu.Lock()
+	s.closed = true
+	if s.flushTimer != nil {
+		s.flushTimer.Stop()
+		s.flushTimer = nil
+	}
+	s.mu.Unlock()
+	err := errors.Join(s.commit(func(*bolt.Tx) error { return nil }, true, false), s.db.Close())
 	storesByDB.Delete(s.db)
 	return err
 }
@@ -200,7 +215,33 @@ func (s *store) stage(rec *record, st State) {
 	}
 	s.mu.Lock()
 	s.staged[rec.Name] = v
+	if s.flushDelay > 0 && s.flushTimer == nil && !s.closed {
+		s.flushTimer = time.AfterFunc(s.flushDelay, s.flushStaged)
+	}
 	s.mu.Unlock()
+}
+
+// stagedFlushDelay bounds how long the records on disk lag behind the
+// outcomes staged in memory. Recovery does not need the flush (it settles
+// a record left in its intended state by asking the pool); it is there for
+// readers of the file (the dmthin command's copy of a live store) and to
+// keep the records a crash leaves to probe few. It is a commit of its own
+// off the caller's path: a change's caller still waits for one durable
+// commit, its intent; a burst of changes shares one flush.
+const stagedFlushDelay = 50 * time.Millisecond
+
+// flushStaged writes every staged outcome in a background commit. An error
+// leaves them staged for the next commit.
+func (s *store) flushStaged() {
+	s.mu.Lock()
+	s.flushTimer = nil
+	n := len(s.staged)
+	closed := s.closed
+	s.mu.Unlock()
+	if n == 0 || closed {
+		return
+	}
+	_ = s.commit(func(*bolt.Tx) error { return nil }, true, true)
 }
 
 // lookupStaged returns the staged outcome of name, if any.
@@ -398,14 +439,15 @@ func (s *store) metaString(key []byte) (string, error) {
 // either way), and which recovery rolls forward after a crash. Writing it
 // with every commit cost as much again as the intent itself (bbolt rewrites
 // the page it is on). A record fn writes replaces its staged outcome.
-func (s *store) update(fn func(tx *bolt.Tx) error) error { return s.commit(fn, false) }
+func (s *store) update(fn func(tx *bolt.Tx) error) error { return s.commit(fn, false, false) }
 
 // commitPause, when set, is called between choosing a commit's staged
 // outcomes and writing them (tests).
 var commitPause func()
 
-// commit is update; all writes every staged outcome (close).
-func (s *store) commit(fn func(tx *bolt.Tx) error, all bool) error {
+// commit is update; all writes every staged outcome (close, the background
+// flush); background counts it as a flush, not a caller's commit.
+func (s *store) commit(fn func(tx *bolt.Tx) error, all, background bool) error {
 	// One commit at a time, from choosing its staged outcomes to clearing
 	// them: two overlapping commits could otherwise write an outcome after
 	// a newer record of the same name (a stale drop deleting a record made
@@ -445,7 +487,11 @@ func (s *store) commit(fn func(tx *bolt.Tx) error, all bool) error {
 		return err
 	}
 	s.mu.Lock()
-	s.commits++
+	if background {
+		s.flushes++
+	} else {
+		s.commits++
+	}
 	for k, v := range batch {
 		if s.staged[k] == v { // not staged again meanwhile
 			delete(s.staged, k)

@@ -119,6 +119,11 @@ func TestTransactionFailurePaths(t *testing.T) {
 func TestOneCommitPerChange(t *testing.T) {
 	tp := openPool(t, nil)
 	ctx := context.Background()
+	// Without the background flush (TestStagedOutcomesFlushedInBackground),
+	// what is on disk below is what the changes' own commits wrote.
+	tp.st.mu.Lock()
+	tp.st.flushDelay = 0
+	tp.st.mu.Unlock()
 	var mu sync.Mutex
 	var msgs []string
 	tp.messageFault = func(msg string) error {
