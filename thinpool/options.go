@@ -62,11 +62,12 @@ type Options struct {
 	// kernel cannot change while the pool device exists.
 
 	// LowWaterMark in bytes of free data space: the pool raises an event
-	// when free space drops below it. 0 means 1% of the data device.
+	// when free space drops below it. 0 means 1% of the data device,
+	// raised to MinFreeSpacePercent of it: that event is how creates learn
+	// that the minimum is reached without reading the pool's status each
+	// time (with a mark set below the minimum, each create reads it).
 	// With AutoGrow it is derived from AutoGrow.ThresholdPercent and must
-	// stay 0. Either way it is raised to MinFreeSpacePercent of the data
-	// device: that event is how creates learn that the minimum is reached
-	// without reading the pool's status each time.
+	// stay 0.
 	LowWaterMark int64
 	// SkipBlockZeroing: do not zero newly provisioned blocks (faster
 	// first writes, but a new device may read stale data of deleted ones).

@@ -97,7 +97,11 @@ func (p *Pool) Retire(ctx context.Context, name string, opts RetireOptions) (Dev
 		if _, err := getRecord(tx, tomb); err == nil {
 			return fmt.Errorf("%w: tombstone %q", ErrExists, tomb)
 		}
-		if err := tx.Bucket(bucketDevices).Delete([]byte(name)); err != nil {
+		// Through deleteRecord, so that the name's staged outcome (a
+		// create's "ready" not yet on disk) is superseded too: left
+		// staged, it would show the retired name as a device again and
+		// be written back by the next commit.
+		if err := deleteRecord(tx, &old); err != nil {
 			return err
 		}
 		return putRecord(tx, rec)
@@ -130,7 +134,7 @@ func (p *Pool) Retire(ctx context.Context, name string, opts RetireOptions) (Dev
 // in the kernel.
 func (p *Pool) unretire(tomb string, old *record) error {
 	err := p.st.update(func(tx txn) error {
-		if err := tx.Bucket(bucketDevices).Delete([]byte(tomb)); err != nil {
+		if err := deleteRecord(tx, &record{Name: tomb, ID: old.ID}); err != nil {
 			return err
 		}
 		return putRecord(tx, old)

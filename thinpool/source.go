@@ -267,11 +267,14 @@ func (p *Pool) poolTable(md, dd devmapper.Dev, dataSize int64, bs devmapper.Sect
 		lwm = blocks * uint64(100-p.grow.cfg.ThresholdPercent) / 100
 	case p.opts.LowWaterMark == 0:
 		lwm = blocks / 100
-	}
-	// The event at the low-water mark is what tells the free-space guard
-	// that creates must stop (space.go): the mark is at least the minimum.
-	if m := p.opts.MinFreeSpacePercent; m != nil && *m > 0 {
-		lwm = max(lwm, (blocks*uint64(*m)+99)/100)
+		// The event at the low-water mark is what tells the free-space
+		// guard that creates must stop (space.go), so the default mark
+		// is at least the minimum. A mark the caller chose, or AutoGrow's,
+		// is kept as it is; the guard then reads the pool's status for
+		// each create when the mark is below the minimum.
+		if m := p.opts.MinFreeSpacePercent; m != nil && *m > 0 {
+			lwm = max(lwm, (blocks*uint64(*m)+99)/100)
+		}
 	}
 	length := devmapper.Sectors(uint64(dataSize) / devmapper.SectorSize)
 	return devmapper.Table{{
