@@ -2,7 +2,7 @@
 // container engine builds for one container, and shows what each layer
 // sees, what each layer's diff holds and what the pool pays for it:
 //
-//	base device (empty ext4)
+//	base device (empty ext4, or xfs with -opt dm.fs=xfs)
 //	  └─ os         an operating system image layer
 //	      └─ app    an application layer: adds, changes and deletes files
 //	          └─ container   the container's own writable layer
@@ -172,9 +172,13 @@ func (m *demo) run() error {
 		return m.showExisting()
 	}
 	m.baseUsed = st.DataUsed
-	m.out.para("The data already used (%s) is the base device: a %s ext4 filesystem, formatted\n"+
-		"once with its inode tables and journal written out, empty, that every layer starts from.",
-		size(st.DataUsed), statusValue(m.d, "Base Device Size"))
+	fs := statusValue(m.d, "Backing Filesystem")
+	if fs == "" {
+		fs = "ext4"
+	}
+	m.out.para("The data already used (%s) is the base device: a %s %s filesystem, formatted\n"+
+		"once with its metadata written out, empty, that every layer starts from.",
+		size(st.DataUsed), statusValue(m.d, "Base Device Size"), fs)
 
 	steps := []struct {
 		id, parent, what string
