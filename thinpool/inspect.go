@@ -49,6 +49,7 @@ type InspectOptions struct {
 const (
 	KindLoopback = "loopback"
 	KindDevices  = "devices"
+	KindDirect   = "direct" // one whole block device (Options.Device)
 	KindExternal = "external"
 )
 
@@ -164,16 +165,18 @@ func (in *Inspector) InUse() bool { return in.inUse }
 // Active reports whether the pool device is in the kernel.
 func (in *Inspector) Active() bool { return in.active }
 
-// Kind is KindLoopback, KindDevices or KindExternal.
+// Kind is KindLoopback, KindDevices, KindDirect or KindExternal.
 func (in *Inspector) Kind() string {
 	switch {
 	case in.p.external:
 		return KindExternal
 	case fileExists(in.p.metaPath):
 		return KindLoopback
-	default:
-		return KindDevices
 	}
+	if uuid, err := in.p.st.metaString(keyDeviceUUID); err == nil && uuid != "" {
+		return KindDirect
+	}
+	return KindDevices
 }
 
 func fileExists(path string) bool {
@@ -391,6 +394,8 @@ func (in *Inspector) Options() (Options, error) {
 			}
 			*f.size = fi.Size()
 		}
+	case KindDirect:
+		return o, fmt.Errorf("thinpool: the pool %s is on a whole device: its path is in the engine's configuration only; the engine grows it at its next start", p.name)
 	case KindDevices:
 		if tp == nil {
 			return o, fmt.Errorf("thinpool: the pool %s over devices is not active: its data and metadata devices are in the engine's configuration only", p.name)

@@ -186,6 +186,8 @@ func runGrow(ctx context.Context, c *cmdCtx) (err error) {
 	switch in.Kind() {
 	case thinpool.KindExternal:
 		return usagef("the pool is an existing device-mapper device made elsewhere: grow it where it was made")
+	case thinpool.KindDirect:
+		return usagef("the pool is on a whole device: grow the device; the engine grows the pool into it at its next start (or with Pool.Grow while it runs)")
 	case thinpool.KindDevices:
 		if data != 0 || meta != 0 {
 			return usagef("the pool is over block devices: grow them (lvextend...), then run dmthin grow without sizes to reload the pool")

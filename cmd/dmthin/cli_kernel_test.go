@@ -20,6 +20,7 @@ import (
 	"github.com/dmthin/dmthin/devmapper"
 	"github.com/dmthin/dmthin/internal/testenv"
 	"github.com/dmthin/dmthin/layerstore"
+	"github.com/dmthin/dmthin/loopback"
 	"github.com/dmthin/dmthin/thinpool"
 )
 
@@ -557,4 +558,41 @@ func TestCheckAndGCOrphans(t *testing.T) {
 	assert.True(t, rep2.Active, "left active, as found")
 	assert.Equal(t, int64(3*units.GiB), rep2.DataTotal)
 	assert.Equal(t, rep.LowWaterMark, rep2.LowWaterMark)
+}
+
+// A pool on a whole device (Options.Device): status calls it "direct", the
+// read-only commands work, and grow says how such a pool grows instead of
+// treating it as a pool over separate devices.
+func TestDirectDevicePool(t *testing.T) {
+	testenv.RequireDM(t)
+	ctx := context.Background()
+	img := filepath.Join(t.TempDir(), "disk.img")
+	require.NoError(t, loopback.CreateSparse(img, 512*units.MiB))
+	disk, err := loopback.Attach(img, loopback.Options{})
+	require.NoError(t, err)
+	root := filepath.Join(t.TempDir(), "root-"+testenv.Suffix(t))
+	o := storeOptions(t, root, false)
+	o.Pool.LoopDataSize, o.Pool.LoopMetadataSize = 0, 0
+	o.Pool.Device = disk.Path()
+	s, err := layerstore.Open(ctx, o)
+	require.NoError(t, err)
+	require.NoError(t, s.Create(ctx, "a", "", 0))
+	require.NoError(t, s.Close())
+	t.Cleanup(func() {
+		if s, err := layerstore.Open(ctx, o); assert.NoError(t, err) {
+			assert.NoError(t, s.Pool().Shutdown(ctx))
+		}
+		assert.NoError(t, disk.Detach())
+	})
+
+	r := execCLI(t, "status", "--root", root, "--json")
+	require.Equal(t, exitOK, r.code)
+	rep := decode[thinpool.Report](t, r)
+	assert.Equal(t, thinpool.KindDirect, rep.Kind)
+	r = execCLI(t, "ls", "--root", root)
+	require.Equal(t, exitOK, r.code)
+	assert.Regexp(t, `(?m)^l-a\s+a\s`, r.stdout)
+	r = execCLI(t, "grow", "--root", root, "--data", "1G")
+	assert.Equal(t, exitError, r.code)
+	assert.Contains(t, r.stderr, "whole device")
 }
