@@ -61,9 +61,8 @@ var crashCases = []crashCase{
 	// name is free at every step, the thin id is kept until deleted.
 	{"retire", []string{"retire:recorded", "retire:renamed"},
 		map[string]bool{"retire:recorded": false, "retire:renamed": false}},
-	// A retired record is not marked "deleting" first: it is out of use.
-	{"retire-delete", []string{"delete:discarded", "delete:intent", "delete:message"},
-		map[string]bool{"delete:discarded": false, "delete:intent": false, "delete:message": false}},
+	{"retire-delete", []string{"delete:marked", "delete:discarded", "delete:intent", "delete:message"},
+		map[string]bool{"delete:marked": false, "delete:discarded": false, "delete:intent": false, "delete:message": false}},
 }
 
 // crashLabels are given to the devices the crash child makes: a device that

@@ -423,11 +423,12 @@ func (p *Pool) deleteLocked(ctx context.Context, rec *record, opts DeleteOptions
 		return err
 	}
 	prev := *rec
-	// A retired record needs no mark: it is out of use already, and
-	// whatever a crash leaves of its deletion is finished by deleting it
-	// again (a thin id the pool no longer has deletes as done). That saves
-	// the background deletion of a removed layer one durable commit.
-	marked := rec.State == StateDeleting || rec.State == StateRetired
+	// A retired record is marked too: after a crash past the message its
+	// thin id is gone, and only a "deleting" record is settled by Open
+	// without activating the device (a retired one would be discarded
+	// through an activation the pool refuses; TestCrashRecovery's
+	// retire-delete/delete:message).
+	marked := rec.State == StateDeleting
 	if !marked {
 		if err := p.commitState(rec, StateDeleting, 0); err != nil {
 			return err
@@ -470,7 +471,7 @@ func (p *Pool) deleteLocked(ctx context.Context, rec *record, opts DeleteOptions
 	err := p.runLocked(change{
 		op:     "delete",
 		rec:    rec,
-		marked: true, // committed "deleting" above, by an earlier attempt, or retired
+		marked: true, // committed "deleting" above, or by an earlier attempt
 		send:   func() error { return p.deleteThinLocked(rec.ID) },
 		failed: StateDeleting,
 	})

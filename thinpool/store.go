@@ -244,14 +244,6 @@ func (s *store) flushStaged() {
 	_ = s.commit(func(*bolt.Tx) error { return nil }, true, true)
 }
 
-// lookupStaged returns the staged outcome of name, if any.
-func (s *store) lookupStaged(name string) (*staged, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	v, ok := s.staged[name]
-	return v, ok
-}
-
 func u64(b []byte) uint64 {
 	if len(b) != 8 {
 		return 0
@@ -359,8 +351,16 @@ func allocID(tx *bolt.Tx) (uint32, error) {
 	return 0, fmt.Errorf("%w: all %d thin ids are in use", ErrPoolFull, space)
 }
 
+// get and all read the disk and the staged outcomes under mu, as one view:
+// a commit that writes staged outcomes clears them under mu only after its
+// transaction, so a read either sees them staged or (with its snapshot
+// taken after the commit) on disk, never neither (a record read from disk
+// before a commit and overlaid after its outcomes were cleared showed its
+// intended state: TestConcurrentOperations with the background flush).
 func (s *store) get(name string) (*record, error) {
-	if v, ok := s.lookupStaged(name); ok {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if v, ok := s.staged[name]; ok {
 		if v.drop {
 			return nil, fmt.Errorf("%w: %q", ErrNotFound, name)
 		}
@@ -377,6 +377,8 @@ func (s *store) get(name string) (*record, error) {
 }
 
 func (s *store) all() ([]*record, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	var out []*record
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
@@ -391,8 +393,6 @@ func (s *store) all() ([]*record, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if len(s.staged) == 0 {
 		return out, nil
 	}

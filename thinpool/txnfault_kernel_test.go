@@ -193,6 +193,7 @@ func TestOneCommitPerChange(t *testing.T) {
 	p.msgMu.Unlock()
 	p.st.mu.Lock()
 	p.st.flushAt = 2
+	p.st.flushDelay = 0 // what is on disk is what the commits wrote
 	p.st.mu.Unlock()
 	for _, name := range []string{"c", "d"} {
 		_, err := p.Create(ctx, name, 8*MiB)
