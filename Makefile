@@ -19,18 +19,30 @@ $(STATICCHECK):
 # Everything: host unit tests (device-mapper tests skip there, with a reason),
 # then every package again with DMTHIN_REQUIRE_DM=1 in the VM or natively,
 # where nothing may skip for lack of a device-mapper. Both stages run even if
-# the first fails; the VM's "vm: N passed, N failed, N skipped" line closes.
+# the first fails; the VM's "vm: N passed, N failed, N skipped" line closes
+# each. Each stage's output is also kept in out/test-logs/<stage>.log, and
+# the last lines name the stages that failed and their failed tests, so the
+# tail of a CI log says what broke.
 # The VM stage also measures coverage (as make cover, in the same boot: the
 # cost was within run-to-run noise) and prints the table; no threshold
 # applies unless COVER_MIN is set in the environment (CI does not set it).
 test:
 	$(VM) setup
-	@rc=0; \
-	$(MAKE) --no-print-directory test-unit || { rc=1; echo "make test: host unit tests FAILED" >&2; }; \
-	$(VM) test -cover || rc=1; \
-	$(MAKE) --no-print-directory test-moby || rc=1; \
-	$(MAKE) --no-print-directory test-containerd || rc=1; \
-	$(MAKE) --no-print-directory test-race || rc=1; \
+	@mkdir -p out/test-logs; rc=0; failed=(); \
+	stage() { local name=$$1; shift; \
+		if ! (set -o pipefail; "$$@" 2>&1 | tee "out/test-logs/$$name.log"); then rc=1; failed+=("$$name"); fi; }; \
+	stage host-unit $(MAKE) --no-print-directory test-unit; \
+	stage vm $(VM) test -cover; \
+	stage moby $(MAKE) --no-print-directory test-moby; \
+	stage containerd $(MAKE) --no-print-directory test-containerd; \
+	stage race $(MAKE) --no-print-directory test-race; \
+	if ((rc)); then \
+		echo "make test: FAILED stages: $${failed[*]} (logs in out/test-logs/)"; \
+		for f in "$${failed[@]}"; do \
+			echo "== $$f: what failed"; \
+			grep -E -- '^ *--- FAIL: |^FAIL|^panic: |^make.*Error|^vm: |FAILED|^# |: error|timed out' "out/test-logs/$$f.log" | tail -40; \
+		done; \
+	else echo "make test: every stage passed"; fi; \
 	exit $$rc
 
 # The moby/ module in the VM: moby's graphdriver conformance suite
