@@ -55,6 +55,12 @@ func (c *Client) EnsureNode(name string) (string, error) {
 	return c.NodePath(name), c.makeNode(name, info.Dev)
 }
 
+// NodeOf makes the block node of the device info describes (as Info
+// returned it), without asking the kernel again, and returns its path.
+func (c *Client) NodeOf(info Info) (string, error) {
+	return c.NodePath(info.Name), c.makeNode(info.Name, info.Dev)
+}
+
 // PruneNodes removes block nodes in NodeDir that name no existing
 // device-mapper device: the nodes left by deferred removes that completed.
 // Only block nodes with the device-mapper major are touched; symlinks

@@ -301,10 +301,17 @@ func (p *Pool) Activate(ctx context.Context, name string) (string, error) {
 }
 
 func (p *Pool) activateLocked(ctx context.Context, rec *record) (string, error) {
+	info, err := p.dm.Info(p.dmName(rec.Name))
+	return p.activateKnown(ctx, rec, info, err)
+}
+
+// activateKnown is activateLocked given what Info said of the device's dm
+// device just before (info, or infoErr), under the same lock.
+func (p *Pool) activateKnown(ctx context.Context, rec *record, info devmapper.Info, infoErr error) (string, error) {
 	dm := p.dmName(rec.Name)
-	info, err := p.dm.Info(dm)
+	err := infoErr
 	if err == nil && info.LiveTable && !info.Suspended {
-		return p.dm.EnsureNode(dm)
+		return p.dm.NodeOf(info)
 	}
 	if err == nil {
 		// Left half-made by a crash: start over.
@@ -423,12 +430,13 @@ func (p *Pool) deleteLocked(ctx context.Context, rec *record, opts DeleteOptions
 		return err
 	}
 	prev := *rec
-	// A retired record is marked too: after a crash past the message its
-	// thin id is gone, and only a "deleting" record is settled by Open
-	// without activating the device (a retired one would be discarded
-	// through an activation the pool refuses; TestCrashRecovery's
-	// retire-delete/delete:message).
-	marked := rec.State == StateDeleting
+	// A retired record needs no "deleting" mark of its own: Open settles
+	// a retired record by asking the pool whether its thin id is still
+	// there (settleLocked), so a crash past the message leaves a record
+	// that Open drops, and a crash before it one whose deletion the
+	// caller (layerstore's worker) starts again. Its name was freed by
+	// Retire, so nothing can take it meanwhile.
+	marked := rec.State == StateDeleting || rec.State == StateRetired
 	if !marked {
 		if err := p.commitState(rec, StateDeleting, 0); err != nil {
 			return err

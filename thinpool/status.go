@@ -306,13 +306,15 @@ func (p *Pool) WaitEvent(ctx context.Context, after uint32) (Status, error) {
 
 // discard activates the device if needed and discards all its blocks, so
 // that the pool (with discard passdown) punches them out of its data device.
+// It looks at the device again after Delete's mark: an opener that came
+// in between keeps its data (ErrBusy), as an exclusive open would not
+// refuse a shared opener.
 func (p *Pool) discard(ctx context.Context, rec *record) error {
 	info, err := p.dm.Info(p.dmName(rec.Name))
-	wasActive := err == nil && info.LiveTable
-	if wasActive && info.OpenCount > 0 {
+	if err == nil && info.LiveTable && info.OpenCount > 0 {
 		return fmt.Errorf("%w: %q is open", ErrBusy, rec.Name)
 	}
-	path, err := p.activateLocked(ctx, rec)
+	path, err := p.activateKnown(ctx, rec, info, err)
 	if err != nil {
 		return err
 	}

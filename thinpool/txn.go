@@ -25,7 +25,9 @@ import (
 //     record left in its intended state is settled by asking the pool:
 //     a "creating" record is rolled forward if the pool has its thin id and
 //     dropped if not, a "deleting" one is deleted again (a missing thin id
-//     counts as deleted). Nor can the outcome be written with bbolt's
+//     counts as deleted). A retired record (retire.go) is its own intent:
+//     its deletion commits nothing before the message, and Open drops it
+//     if the pool no longer has its thin id. Nor can the outcome be written with bbolt's
 //     NoSync for that one transaction: bbolt reuses the pages a
 //     transaction frees in the next one, so after an unsynced commit the
 //     next, synced one may overwrite pages that the last durable meta page
@@ -191,6 +193,21 @@ func (p *Pool) settleLocked(ctx context.Context, r *record, k uint64) (gone bool
 			return faulty(fmt.Errorf("finish delete of thin id %d: %w", r.ID, err))
 		}
 		return true, p.commitState(r, "", 0)
+	case StateRetired:
+		// Its deletion (Delete of the tombstone name) commits no intent
+		// of its own: whether the delete message went through is the
+		// pool's to say.
+		ok, err := p.thinExists(r.ID)
+		if err != nil {
+			return faulty(fmt.Errorf("probe thin id %d: %w", r.ID, err))
+		}
+		if !ok {
+			log.Info("recovery: the retired device's delete had completed; dropping its record")
+			if err := p.removeDM(ctx, p.dmName(r.Name), false); err != nil {
+				return faulty(fmt.Errorf("remove the retired device's dm device: %w", err))
+			}
+			return true, p.commitState(r, "", 0)
+		}
 	case StateReady, StateDeferredDelete:
 		if r.TxID <= k {
 			return false, nil
