@@ -190,8 +190,8 @@ type Report struct {
 	// Status: the space fields, NeedsCheck, TransactionID and EventNr are
 	// the kernel's, zero when the pool is not active; the device counts
 	// and FaultyDevices come from the records and the kernel's device
-	// list. MinFreeSpacePercent is an option of the engine, not recorded:
-	// it is always 0 here.
+	// list. MinFreeSpacePercent is what the process that last opened the
+	// pool enforces, as it recorded it (0 for a store older than that).
 	Status
 	// Mode is the pool's mode ("rw", "ro", "out_of_data_space", "Fail",
 	// "Error"), or "inactive" when the pool device is not in the kernel.
@@ -272,6 +272,11 @@ func (in *Inspector) Report(ctx context.Context) (Report, error) {
 			r.MetadataAvailable = min(r.MetadataAvailable, free)
 		}
 	}
+	minFree, err := p.st.metaString(keyMinFree)
+	if err != nil {
+		return r, err
+	}
+	r.MinFreeSpacePercent = int(u64([]byte(minFree)))
 	recs, err := p.st.all()
 	if err != nil {
 		return r, err

@@ -55,7 +55,14 @@ func (p *Pool) recover(ctx context.Context) error {
 	if err := p.syncTxIDLocked(); err != nil {
 		p.log.WithError(err).Warn("recovery: could not move the pool's transaction id")
 	}
-	if err := p.st.update(func(tx txn) error { return putU64(tx.Bucket(bucketMeta), keyTxID, p.txid) }); err != nil {
+	err = p.st.update(func(tx txn) error {
+		meta := tx.Bucket(bucketMeta)
+		if err := putU64(meta, keyMinFree, uint64(*p.opts.MinFreeSpacePercent)); err != nil {
+			return err
+		}
+		return putU64(meta, keyTxID, p.txid)
+	})
+	if err != nil {
 		return err
 	}
 	p.removeStrays(ctx, kept)

@@ -64,6 +64,9 @@ var (
 	keyPrefix    = []byte("prefix")      // device-mapper name prefix
 	keyPoolName  = []byte("pool")        // pool device name
 	keyBlockSize = []byte("blocksize")   // data block size in bytes
+	// keyMinFree: the minimum free space (percent) the process that last
+	// opened the pool enforces; for inspectors, who do not get its options.
+	keyMinFree = []byte("min-free-space-percent")
 )
 
 // txn is a store transaction.

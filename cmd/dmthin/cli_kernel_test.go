@@ -126,7 +126,10 @@ func byName(es []*entry) map[string]*entry {
 func TestCommandsOnLiveAndStoppedStore(t *testing.T) {
 	ctx := context.Background()
 	root := newRoot(t, true)
-	s, err := layerstore.Open(ctx, storeOptions(t, root, true))
+	opts := storeOptions(t, root, true)
+	minFree := 3
+	opts.Pool.MinFreeSpacePercent = &minFree
+	s, err := layerstore.Open(ctx, opts)
 	require.NoError(t, err)
 	closed := false
 	defer func() {
@@ -158,8 +161,11 @@ func TestCommandsOnLiveAndStoppedStore(t *testing.T) {
 	assert.Equal(t, int64(metaSize), rep.MetadataTotal)
 	assert.Greater(t, rep.DataUsed, int64(3<<20))
 	assert.Equal(t, int64(thinpool.DefaultBlockSize), rep.BlockSize)
-	// The default low-water mark is 1% of the data blocks.
-	assert.Equal(t, int64(dataSize/thinpool.DefaultBlockSize/100*thinpool.DefaultBlockSize), rep.LowWaterMark)
+	// The engine's minimum free space, as it recorded it; the default
+	// low-water mark is raised to it (from 1% of the data blocks).
+	assert.Equal(t, 3, rep.MinFreeSpacePercent)
+	blocks := int64(dataSize / thinpool.DefaultBlockSize)
+	assert.Equal(t, (blocks*3+99)/100*thinpool.DefaultBlockSize, rep.LowWaterMark)
 	assert.Empty(t, rep.Deleting)
 	assert.Empty(t, rep.FaultyDevices)
 	assert.False(t, rep.MetadataSnapshotHeld)
@@ -170,6 +176,7 @@ func TestCommandsOnLiveAndStoppedStore(t *testing.T) {
 	assert.Contains(t, r.stdout, "in use by another process")
 	assert.Regexp(t, `mode\s+rw\n`, r.stdout)
 	assert.Regexp(t, `data\s+\S+ used of 1GiB`, r.stdout)
+	assert.Regexp(t, `min free space\s+3% `, r.stdout)
 
 	// ls and tree.
 	r = execCLI(t, "ls", "--json", "--root", root)

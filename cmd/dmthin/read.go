@@ -53,6 +53,7 @@ func runStatus(ctx context.Context, c *cmdCtx) error {
 		fmt.Fprintf(w, "metadata\t%s used of %s, %s free\n", size(r.MetadataUsed), size(r.MetadataTotal), size(r.MetadataAvailable))
 		fmt.Fprintf(w, "low-water mark\t%s free data\n", size(r.LowWaterMark))
 	}
+	fmt.Fprintf(w, "min free space\t%d%% (new layers refused below it)\n", r.MinFreeSpacePercent)
 	fmt.Fprintf(w, "block size\t%s\n", size(r.BlockSize))
 	fmt.Fprintf(w, "devices\t%d (%d deferred deletes, %d faulty)\n", r.Devices, r.DeferredDeletes, r.Faulty)
 	if len(r.Deleting) > 0 {
