@@ -100,8 +100,17 @@ func TestStagedOutcomesFlushedInBackground(t *testing.T) {
 		}))
 		return s
 	}
-	assert.Eventually(t, func() bool { return onDisk() == StateReady }, 2*time.Second, 5*time.Millisecond,
+	// The flush is counted, and its outcomes unstaged, just after its
+	// transaction is on disk: wait for the count, not for the record (a
+	// check between the two saw the record written and nothing counted).
+	flushed := func() bool {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		return st.flushes > 0
+	}
+	assert.Eventually(t, flushed, 2*time.Second, 5*time.Millisecond,
 		"the staged outcome is written within about %s", stagedFlushDelay)
+	assert.Equal(t, StateReady, onDisk())
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	assert.Equal(t, commits, st.commits, "no caller's commit")
