@@ -40,7 +40,7 @@ test:
 		echo "make test: FAILED stages: $${failed[*]} (logs in out/test-logs/)"; \
 		for f in "$${failed[@]}"; do \
 			echo "== $$f: what failed"; \
-			grep -E -- '^ *--- FAIL: |^FAIL|^panic: |^make.*Error|^vm: |FAILED|^# |: error|timed out' "out/test-logs/$$f.log" | tail -40; \
+			grep -E -- '^ *--- FAIL: |^FAIL|^panic: |^make.*Error|^vm: ([0-9]+ passed|no test ran|FAILED|  FAIL)|FAILED|^# |\.go:[0-9]+:[0-9]+: |timed out' "out/test-logs/$$f.log" | tail -40; \
 		done; \
 	else echo "make test: every stage passed"; fi; \
 	exit $$rc

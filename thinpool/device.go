@@ -575,21 +575,13 @@ func (p *Pool) Resize(ctx context.Context, name string, size int64) error {
 // kernel: Active, Path, OpenCount and MappedBytes are left zero. Use it
 // where only the name, id, size, parent and state matter (existence checks
 // on a hot path); Get also reads the live state, at one or two ioctls.
-func (p *Pool) Lookup(name string) (Device, error) {
-	done, err := p.enter()
-	if err != nil {
-		return Device{}, err
-	}
-	defer done()
-	rec, err := p.st.get(name)
-	if err != nil {
-		return Device{}, err
-	}
-	return recordDevice(rec), nil
-}
+func (p *Pool) Lookup(name string) (Device, error) { return p.device(name, false) }
 
 // Get describes one device, with its live state from the kernel.
-func (p *Pool) Get(name string) (Device, error) {
+func (p *Pool) Get(name string) (Device, error) { return p.device(name, true) }
+
+// device describes one device; live: with its live state.
+func (p *Pool) device(name string, live bool) (Device, error) {
 	done, err := p.enter()
 	if err != nil {
 		return Device{}, err
@@ -598,6 +590,9 @@ func (p *Pool) Get(name string) (Device, error) {
 	rec, err := p.st.get(name)
 	if err != nil {
 		return Device{}, err
+	}
+	if !live {
+		return recordDevice(rec), nil
 	}
 	return p.describe(rec, nil), nil
 }

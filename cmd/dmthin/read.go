@@ -15,7 +15,10 @@ import (
 
 func size(b int64) string { return units.BytesSize(float64(b)) }
 
-func runStatus(ctx context.Context, c *cmdCtx) error {
+// view is the shape of the read-only commands: no arguments, get reads
+// from an inspector of the pool, and what it read is printed as JSON with
+// --json, by text otherwise.
+func view[T any](c *cmdCtx, get func(*thinpool.Inspector) (T, error), text func(T) error) error {
 	if err := c.noArgs(); err != nil {
 		return err
 	}
@@ -24,13 +27,22 @@ func runStatus(ctx context.Context, c *cmdCtx) error {
 		return err
 	}
 	defer in.Close()
-	r, err := in.Report(ctx)
+	v, err := get(in)
 	if err != nil {
 		return err
 	}
 	if c.json {
-		return c.printJSON(r)
+		return c.printJSON(v)
 	}
+	return text(v)
+}
+
+func runStatus(ctx context.Context, c *cmdCtx) error {
+	return view(c, func(in *thinpool.Inspector) (thinpool.Report, error) { return in.Report(ctx) },
+		func(r thinpool.Report) error { return printStatus(c, r) })
+}
+
+func printStatus(c *cmdCtx, r thinpool.Report) error {
 	w := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
 	state := []string{r.Kind}
 	if r.Active {
@@ -148,21 +160,10 @@ func orDash(s string) string {
 }
 
 func runLs(ctx context.Context, c *cmdCtx) error {
-	if err := c.noArgs(); err != nil {
-		return err
-	}
-	in, err := c.inspect()
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	es, err := c.entries(in)
-	if err != nil {
-		return err
-	}
-	if c.json {
-		return c.printJSON(es)
-	}
+	return view(c, c.entries, func(es []*entry) error { return printLs(c, es) })
+}
+
+func printLs(c *cmdCtx, es []*entry) error {
 	w := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "DEVICE\tLAYER\tID\tSIZE\tMAPPED\tSTATE\tACTIVE\tPARENT\tMOUNTS")
 	for _, e := range es {
@@ -194,22 +195,14 @@ func tree(es []*entry) []*entry {
 }
 
 func runTree(ctx context.Context, c *cmdCtx) error {
-	if err := c.noArgs(); err != nil {
-		return err
+	roots := func(in *thinpool.Inspector) ([]*entry, error) {
+		es, err := c.entries(in)
+		return tree(es), err
 	}
-	in, err := c.inspect()
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	es, err := c.entries(in)
-	if err != nil {
-		return err
-	}
-	roots := tree(es)
-	if c.json {
-		return c.printJSON(roots)
-	}
+	return view(c, roots, func(roots []*entry) error { printTree(c, roots); return nil })
+}
+
+func printTree(c *cmdCtx, roots []*entry) {
 	var walk func(e *entry, prefix string, last, top bool)
 	walk = func(e *entry, prefix string, last, top bool) {
 		branch, next := "", ""
@@ -237,28 +230,16 @@ func runTree(ctx context.Context, c *cmdCtx) error {
 	for _, r := range roots {
 		walk(r, "", true, true)
 	}
-	return nil
 }
 
 func runCheck(ctx context.Context, c *cmdCtx) error {
-	if err := c.noArgs(); err != nil {
-		return err
+	var r thinpool.CheckReport
+	check := func(in *thinpool.Inspector) (_ thinpool.CheckReport, err error) {
+		r, err = in.Check(ctx)
+		return r, err
 	}
-	in, err := c.inspect()
-	if err != nil {
+	if err := view(c, check, func(r thinpool.CheckReport) error { printCheck(c, r); return nil }); err != nil {
 		return err
-	}
-	defer in.Close()
-	r, err := in.Check(ctx)
-	if err != nil {
-		return err
-	}
-	if c.json {
-		if err := c.printJSON(r); err != nil {
-			return err
-		}
-	} else {
-		printCheck(c, r)
 	}
 	switch {
 	case len(r.Findings) > 0:
