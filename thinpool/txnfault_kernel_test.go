@@ -166,6 +166,19 @@ func TestOneCommitPerChange(t *testing.T) {
 	require.True(t, ok)
 	assert.Equal(t, StateCreating, r.State, "b's outcome is not written by the commits after it")
 
+	// Deleting a retired device (what layerstore's worker does after a
+	// Remove) commits nothing of its own: the retire's commit is the one
+	// durable change, and Open asks the pool about a retired record.
+	_, err = tp.Create(ctx, "r", 8*MiB)
+	require.NoError(t, err)
+	count("retire, then delete the tombstone", func() error {
+		d, err := tp.Retire(ctx, "r", RetireOptions{})
+		if err != nil {
+			return err
+		}
+		return tp.Delete(ctx, d.Name, DeleteOptions{})
+	})
+
 	// The transaction id moves at Close, to the last one issued, and the
 	// staged outcome is committed.
 	st, err := tp.Status(ctx)
