@@ -193,13 +193,7 @@ func (s *Store) retireLocked(ctx context.Context, name string) error {
 	_, err := s.pool.Retire(ctx, dev, thinpool.RetireOptions{AllowOpen: s.opts.DeferredDeletion})
 	if errors.Is(err, thinpool.ErrBusy) {
 		// Refused before anything was changed: the layer stays.
-		if s.opts.DeferredRemoval {
-			// The layer stays, but its device goes away at last close.
-			if derr := s.pool.Deactivate(ctx, dev, true); derr != nil {
-				err = errors.Join(err, derr)
-			}
-		}
-		return fmt.Errorf("%w: remove %q: %w", ErrBusy, name, err)
+		return s.removeBusy(ctx, name, err)
 	}
 	if err != nil {
 		return fmt.Errorf("layerstore: remove %q: %w", name, err)
@@ -211,6 +205,18 @@ func (s *Store) retireLocked(ctx context.Context, name string) error {
 	s.work.wake()
 	s.log.WithField("layer", name).Debug("layer removed; its device is deleted in the background")
 	return nil
+}
+
+// removeBusy is Remove's answer when the pool refused because layer
+// name's device is held elsewhere: the layer stays, and with
+// DeferredRemoval its device goes away at last close.
+func (s *Store) removeBusy(ctx context.Context, name string, err error) error {
+	if s.opts.DeferredRemoval {
+		if derr := s.pool.Deactivate(ctx, DeviceName(name), true); derr != nil {
+			err = errors.Join(err, derr)
+		}
+	}
+	return fmt.Errorf("%w: remove %q: %w", ErrBusy, name, err)
 }
 
 // removeSyncLocked is Remove with SyncRemove, and for a layer whose
@@ -248,14 +254,7 @@ func (s *Store) removeSyncLocked(ctx context.Context, name string, info thinpool
 	if errors.Is(err, thinpool.ErrBusy) {
 		// Refused before any block was discarded or the device deleted:
 		// the layer stays as it was.
-		err = unmark(err)
-		if s.opts.DeferredRemoval {
-			// The layer stays, but its device goes away at last close.
-			if derr := s.pool.Deactivate(ctx, dev, true); derr != nil {
-				err = errors.Join(err, derr)
-			}
-		}
-		return fmt.Errorf("%w: remove %q: %w", ErrBusy, name, err)
+		return s.removeBusy(ctx, name, unmark(err))
 	}
 	if err != nil {
 		// Its blocks may be discarded already: it stays marked removing

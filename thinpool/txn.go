@@ -202,10 +202,9 @@ func (p *Pool) settleLocked(ctx context.Context, r *record, k uint64) (gone bool
 			return faulty(fmt.Errorf("probe thin id %d: %w", r.ID, err))
 		}
 		if !ok {
+			// Its dm device, if a crash left one, goes with the strays
+			// (removeStrays keeps only those of ready records).
 			log.Info("recovery: the retired device's delete had completed; dropping its record")
-			if err := p.removeDM(ctx, p.dmName(r.Name), false); err != nil {
-				return faulty(fmt.Errorf("remove the retired device's dm device: %w", err))
-			}
 			return true, p.commitState(r, "", 0)
 		}
 	case StateReady, StateDeferredDelete:
