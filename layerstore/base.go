@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/docker/go-units"
 	"github.com/sirupsen/logrus"
 
 	"github.com/dmthin/dmthin/fsys"
+	"github.com/dmthin/dmthin/internal/retry"
 	"github.com/dmthin/dmthin/thinpool"
 )
 
@@ -120,9 +122,8 @@ func (s *Store) setupBase(ctx context.Context) error {
 	case rec == nil && base.Labels[LabelState] == StateIncomplete:
 		// Made by a run that stopped before recording it (no layer can
 		// have been made from it): start over.
-		s.log.Warn("base device left half-made by an earlier run: making it again")
-		if err := s.pool.Delete(ctx, baseDevice, thinpool.DeleteOptions{}); err != nil {
-			return fmt.Errorf("layerstore: delete half-made base device: %w", err)
+		if err := s.deleteHalfMadeBase(ctx); err != nil {
+			return err
 		}
 		return s.createBase(ctx)
 	case rec == nil:
@@ -139,9 +140,8 @@ func (s *Store) setupBase(ctx context.Context) error {
 					ErrBaseMismatch, s.pool.Name(), s.baseRecordPath())
 			}
 		}
-		s.log.Warn("base device left half-made by an earlier run: making it again")
-		if err := s.pool.Delete(ctx, baseDevice, thinpool.DeleteOptions{}); err != nil {
-			return fmt.Errorf("layerstore: delete half-made base device: %w", err)
+		if err := s.deleteHalfMadeBase(ctx); err != nil {
+			return err
 		}
 		return s.createBase(ctx)
 	}
@@ -161,6 +161,24 @@ func (s *Store) setupBase(ctx context.Context) error {
 		if err := s.pool.SetLabels(ctx, baseDevice, stateLabels("")); err != nil {
 			return fmt.Errorf("layerstore: base device: %w", err)
 		}
+	}
+	return nil
+}
+
+// halfMadeWait bounds how long Open waits for the last opener of a base
+// device an earlier run left half-made: the tool that was formatting it
+// (mkfs dies with the run that started it, but its exit takes a moment),
+// or that run's own process while the kernel tears it down.
+const halfMadeWait = 10 * time.Second
+
+// deleteHalfMadeBase deletes the base device a run that was stopped left
+// unfinished, waiting for it to be closed.
+func (s *Store) deleteHalfMadeBase(ctx context.Context) error {
+	s.log.Warn("base device left half-made by an earlier run: making it again")
+	err := retry.Do(ctx, retry.Policy{Base: 20 * time.Millisecond, Max: 500 * time.Millisecond, Within: halfMadeWait},
+		retry.On(thinpool.ErrBusy), func() error { return s.pool.Delete(ctx, baseDevice, thinpool.DeleteOptions{}) })
+	if err != nil {
+		return fmt.Errorf("layerstore: delete half-made base device: %w", err)
 	}
 	return nil
 }

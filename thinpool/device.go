@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dmthin/dmthin/devmapper"
+	"github.com/dmthin/dmthin/internal/retry"
 )
 
 // Device describes one thin device.
@@ -373,18 +374,7 @@ func (p *Pool) removeDM(ctx context.Context, dm string, deferred bool) error {
 // retryBusy calls f until it returns anything but EBUSY, at most tries
 // times, sleeping base, 2*base, 4*base... in between, or until ctx ends.
 func retryBusy(ctx context.Context, tries int, base time.Duration, f func() error) error {
-	var err error
-	for i := 0; i < tries; i++ {
-		if err = f(); !errors.Is(err, unix.EBUSY) || i == tries-1 {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return errors.Join(err, ctx.Err())
-		case <-time.After(base << i):
-		}
-	}
-	return err
+	return retry.Do(ctx, retry.Policy{Tries: tries, Base: base}, retry.On(unix.EBUSY), f)
 }
 
 // DeleteOptions modify Delete.

@@ -65,9 +65,15 @@ const (
 
 // isPoolDevice reports whether dm is the pool or one of the devices under
 // it, which are no thin device's and never strays.
-func (p *Pool) isPoolDevice(dm string) bool {
-	return dm == p.name || (p.direct != nil && (dm == p.prefix+directMetaSuffix || dm == p.prefix+directDataSuffix))
+func (p *Pool) isPoolDevice(dm string) bool { return isPoolDM(p.name, p.prefix, dm) }
+
+// isPoolDM reports whether the dm name dm is the pool or a device under it
+// (the linear devices of a pool on a whole device), which no thin device's
+// name can be (checkName reserves them).
+func isPoolDM(pool, prefix, dm string) bool {
+	return dm == pool || dm == prefix+directMetaSuffix || dm == prefix+directDataSuffix
 }
+
 
 // useDirect finds or lays out the label on Options.Device and builds the
 // pool over the linear devices that map its areas.

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -17,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dmthin/dmthin/devmapper"
+	"github.com/dmthin/dmthin/internal/toolexec"
 )
 
 // Reading the pool's own metadata (which thin ids it holds, how many blocks
@@ -44,38 +44,24 @@ type ThinUsage struct {
 	SharedBytes    int64 `json:"shared_bytes"`
 }
 
-// sbinDirs are searched after PATH for the tools: a non-root PATH often
-// lacks them.
-var sbinDirs = []string{"/usr/local/sbin", "/usr/sbin", "/sbin"}
-
-func lookTool(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	for _, dir := range sbinDirs {
-		p := filepath.Join(dir, name)
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%w: %s", ErrToolMissing, name)
+// thinTools finds and runs the thin-provisioning-tools programs: in PATH,
+// then in the sbin directories a non-root PATH often lacks.
+var thinTools = toolexec.Finder{
+	Dirs:     []string{"/usr/local/sbin", "/usr/sbin", "/sbin"},
+	Package:  "thin-provisioning-tools",
+	Sentinel: ErrToolMissing,
 }
 
+func lookTool(name string) (string, error) { return thinTools.Look(name) }
+
 // runTool runs a thin-provisioning-tools program and returns its output;
-// its error output goes into the error.
+// a failure is a *toolexec.ExecError with what the program printed.
 func runTool(ctx context.Context, name string, args ...string) ([]byte, error) {
-	path, err := lookTool(name)
+	out, err := thinTools.Output(ctx, name, nil, args...)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("thinpool: %w", err)
 	}
-	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, path, args...)
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return nil, fmt.Errorf("thinpool: %s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
-	}
-	return out, nil
+	return []byte(out), nil
 }
 
 var dumpDevice = regexp.MustCompile(`<device dev_id="(\d+)"`)

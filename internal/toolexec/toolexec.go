@@ -4,6 +4,11 @@
 // and turns a failure into an *ExecError carrying the command line, the exit
 // status and what the program printed.
 //
+// A program it starts dies with the process that started it (a
+// parent-death signal): a tool left running by a killed engine would keep
+// the device it works on open, and the engine's next start would find it
+// busy.
+//
 // It is not for: parsing what the programs print (each filesystem package
 // does that for its own tools), or running anything long-lived.
 package toolexec
@@ -16,8 +21,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -133,7 +140,7 @@ func (f Finder) Output(ctx context.Context, tool string, okCodes []int, args ...
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.WaitDelay = waitDelay
-	runErr := cmd.Run()
+	runErr := runTied(cmd)
 	if runErr == nil {
 		return stdout.String(), nil
 	}
@@ -156,6 +163,21 @@ func (f Finder) Output(ctx context.Context, tool string, okCodes []int, args ...
 		Stdout:   CapOutput(stdout.Bytes()),
 		Err:      runErr,
 	}
+}
+
+// runTied runs cmd so that the kernel kills it (SIGKILL) when this process
+// dies. The kernel sends the parent-death signal when the thread that
+// forked the child exits, not the process, and Go may end or reuse its
+// threads: the goroutine keeps its thread locked from the fork until the
+// child has been waited for.
+func runTied(cmd *exec.Cmd) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	return cmd.Run()
 }
 
 // CapOutput trims surrounding white space and keeps at most MaxOutput
