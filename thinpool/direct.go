@@ -74,7 +74,6 @@ func isPoolDM(pool, prefix, dm string) bool {
 	return dm == pool || dm == prefix+directMetaSuffix || dm == prefix+directDataSuffix
 }
 
-
 // useDirect finds or lays out the label on Options.Device and builds the
 // pool over the linear devices that map its areas.
 func (p *Pool) useDirect(isNew bool) (err error) {
