@@ -223,7 +223,10 @@ func (a *applier) hardlink(e entryName, linkname string, m meta) error {
 		if err := unix.Fchownat(d, e.base, m.uid, m.gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			return a.pathErr("lchown", e.name, err)
 		}
-		return setXattrsAt(d, e.base, m.xattrs)
+		if err := setXattrsAt(d, e.base, m.xattrs); err != nil {
+			return a.pathErr("lsetxattr", e.name, err)
+		}
+		return nil
 	}
 	return a.setMetaAt(d, e, m, false)
 }
@@ -288,15 +291,23 @@ func setXattrsAt(dirfd int, base string, xattrs []xattr) error {
 }
 
 // setDirTimes sets the directories' times once everything is in them. A
-// directory a later entry removed is skipped.
+// directory a later entry removed or replaced (itself or a parent) is
+// skipped: what replaced it keeps its own times.
 func (a *applier) setDirTimes() error {
 	for _, dt := range a.dirTimes {
 		parent, base := path.Split(dt.name)
 		d, err := a.dir(strings.TrimSuffix(parent, "/"), false)
+		var st unix.Stat_t
+		if err == nil {
+			err = unix.Fstatat(d, base, &st, unix.AT_SYMLINK_NOFOLLOW)
+		}
+		if err == nil && st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			continue // a file, symlink or node took its name
+		}
 		if err == nil {
 			err = unix.UtimesNanoAt(d, base, dt.ts[:], unix.AT_SYMLINK_NOFOLLOW)
 		}
-		if errors.Is(err, unix.ENOENT) {
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
 			continue
 		}
 		if err != nil {

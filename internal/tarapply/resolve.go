@@ -109,6 +109,9 @@ func (a *applier) dir(name string, create bool) (int, error) {
 		switch err := mkdirMode(pfd, base, impliedDirMode); {
 		case err == nil:
 			a.fresh[name] = true
+			// Its parent now holds a name no entry used: a file of that
+			// name must replace the directory, not go to a worker.
+			delete(a.fresh, strings.TrimSuffix(parent, "/"))
 		case !errors.Is(err, unix.EEXIST):
 			return -1, a.pathErr("mkdir", name, err)
 		}
@@ -160,9 +163,12 @@ func removeAll(dirfd int, name string) error {
 	if !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.EPERM) {
 		return err
 	}
-	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
+	fd, oerr := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(oerr, unix.ENOTDIR) || errors.Is(oerr, unix.ELOOP) {
+		return err // not a directory: the unlink's EPERM says why it stays
+	}
+	if oerr != nil {
+		return oerr
 	}
 	names, err := readNames(fd)
 	if err == nil {
