@@ -232,11 +232,17 @@ func (p *Pool) reload(dm string, t devmapper.Table) error {
 	if err := p.dm.Load(dm, t, false); err != nil {
 		return err
 	}
+	p.step("reload:loaded")
+	// Nothing but the resume between suspend and resume: while the pool
+	// is suspended, I/O to every thin device waits, and a process killed
+	// here leaves it so (Open resumes it, deadowner.go).
 	if err := p.dm.Suspend(dm, devmapper.SuspendOptions{}); err != nil {
 		return errors.Join(err, p.dm.ClearInactive(dm))
 	}
+	p.step("reload:suspended")
 	rerr := p.resumeOnce(dm)
 	if rerr == nil {
+		p.step("reload:resumed")
 		return nil
 	}
 	p.log.WithError(rerr).WithField("dm", dm).Warn("resume with the new table failed; restoring the old one")

@@ -112,15 +112,24 @@ func Open(ctx context.Context, opts Options) (_ *Pool, err error) {
 		}
 	}()
 
-	if p.st, err = openStore(filepath.Join(root, "metadata.db")); err != nil {
+	openDM := func() (*devmapper.Client, error) {
+		if p.dm == nil {
+			c, err := devmapper.Open(devmapper.Options{NodeDir: opts.DeviceDir, Logger: opts.Logger})
+			if err != nil {
+				return nil, fmt.Errorf("thinpool: %w", err)
+			}
+			p.dm = c
+			cleanup = append(cleanup, p.dm.Close)
+		}
+		return p.dm, nil
+	}
+	if p.st, err = openStoreSettling(ctx, filepath.Join(root, "metadata.db"), openDM, p.log); err != nil {
 		return nil, err
 	}
 	cleanup = append(cleanup, p.st.close)
-
-	if p.dm, err = devmapper.Open(devmapper.Options{NodeDir: opts.DeviceDir, Logger: opts.Logger}); err != nil {
-		return nil, fmt.Errorf("thinpool: %w", err)
+	if _, err := openDM(); err != nil {
+		return nil, err
 	}
-	cleanup = append(cleanup, p.dm.Close)
 
 	if err := p.initPrefix(); err != nil {
 		return nil, err

@@ -87,10 +87,10 @@ func (p *Pool) removeStrays(ctx context.Context, recs []*record) {
 		p.log.WithError(err).Warn("recovery: cannot list dm devices")
 		return
 	}
-	want := make(map[string]bool, len(recs))
+	want := make(map[string]*record, len(recs))
 	for _, r := range recs {
 		if r.State == StateReady || r.State == StateDeferredDelete {
-			want[p.dmName(r.Name)] = true
+			want[p.dmName(r.Name)] = r
 		}
 	}
 	fault := func(dm string, err error) {
@@ -101,16 +101,11 @@ func (p *Pool) removeStrays(ctx context.Context, recs []*record) {
 		if p.isPoolDevice(l.Name) || !strings.HasPrefix(l.Name, p.prefix+"-") {
 			continue
 		}
-		if want[l.Name] {
+		if r := want[l.Name]; r != nil {
 			info, err := p.dm.Info(l.Name)
 			if err == nil && info.LiveTable {
-				if info.Suspended {
-					// A crash between suspend and resume of a snapshot's
-					// origin.
-					p.log.WithField("dm", l.Name).Info("recovery: resuming suspended device")
-					if err := p.resume(l.Name); err != nil {
-						fault(l.Name, err)
-					}
+				if err := p.settleLiveTable(r, info); err != nil {
+					fault(l.Name, err)
 				}
 				if _, err := p.dm.EnsureNode(l.Name); err != nil {
 					fault(l.Name, err)
@@ -123,4 +118,37 @@ func (p *Pool) removeStrays(ctx context.Context, recs []*record) {
 			fault(l.Name, fmt.Errorf("remove stray device: %w", err))
 		}
 	}
+}
+
+// settleLiveTable finishes what a crash cut short on the live device of r:
+// a suspend of a snapshot's origin or of a reload (resumed: the table the
+// reload loaded becomes live), a reload killed between its load and its
+// suspend (the inactive table cleared), and a Resize whose record was
+// committed before its reload (the table made to match the record).
+func (p *Pool) settleLiveTable(r *record, info devmapper.Info) error {
+	dm := p.dmName(r.Name)
+	switch {
+	case info.Suspended:
+		p.log.WithField("dm", dm).Info("recovery: resuming suspended device")
+		if err := p.resume(dm); err != nil {
+			return err
+		}
+	case info.InactiveTable:
+		if err := p.dm.ClearInactive(dm); err != nil {
+			return fmt.Errorf("clear inactive table: %w", err)
+		}
+	}
+	tab, err := p.dm.Table(dm)
+	if err != nil {
+		return err
+	}
+	want := p.thinTable(r)
+	if tab.Length() >= want.Length() {
+		return nil // never shrunk under its user
+	}
+	p.log.WithFields(map[string]any{"dm": dm, "from": tab.Length(), "to": want.Length()}).Info("recovery: device's table follows its record's size")
+	if err := p.reload(dm, want); err != nil {
+		return fmt.Errorf("reload to the recorded size: %w", err)
+	}
+	return nil
 }

@@ -192,6 +192,20 @@ func (p *Pool) ensurePool(md, dd devmapper.Dev) error {
 		return err
 	}
 	info, err := p.dm.Info(p.name)
+	if err == nil && info.LiveTable && info.Suspended {
+		// A process killed inside a reload: the resume makes the table
+		// it loaded live (its data device has that size already).
+		p.log.WithField("pool", p.name).Warn("pool left suspended: resuming it")
+		if err := p.resume(p.name); err != nil {
+			return err
+		}
+		info, err = p.dm.Info(p.name)
+	} else if err == nil && info.InactiveTable {
+		// Killed after a reload's load, before its suspend.
+		if err := p.dm.ClearInactive(p.name); err != nil {
+			return fmt.Errorf("thinpool: clear the inactive table of %q: %w", p.name, err)
+		}
+	}
 	switch {
 	case err == nil && info.LiveTable:
 		tab, err := p.dm.Table(p.name)
@@ -216,8 +230,14 @@ func (p *Pool) ensurePool(md, dd devmapper.Dev) error {
 			return fmt.Errorf("%w: IgnoreDiscard=%t, but the pool device %q exists with IgnoreDiscard=%t, which the kernel cannot change while it exists: shut the pool down (Shutdown) first",
 				ErrInvalidOptions, p.opts.IgnoreDiscard, p.name, cur.Features.IgnoreDiscard)
 		}
-		// The data device grew while we were away, or the options changed.
-		if tab.Length() < want[0].Length || cur != wantParams {
+		metaGrew, err := p.metadataDeviceGrew(md)
+		if err != nil {
+			return err
+		}
+		// The data device grew while we were away (or the metadata
+		// device: the pool takes it in at a resume), or the options
+		// changed.
+		if tab.Length() < want[0].Length || cur != wantParams || metaGrew {
 			if err := p.reload(p.name, want); err != nil {
 				return fmt.Errorf("thinpool: reload %q: %w", p.name, err)
 			}
@@ -246,6 +266,25 @@ func (p *Pool) ensurePool(md, dd devmapper.Dev) error {
 	p.blockSize = bs
 	p.log.WithFields(map[string]any{"pool": p.name, "data": dd, "metadata": md}).Info("thin pool created")
 	return nil
+}
+
+// metadataDeviceGrew reports whether the metadata device md is bigger than
+// the metadata the live pool uses (a growth a crash cut short before the
+// reload), below the most a pool can use.
+func (p *Pool) metadataDeviceGrew(md devmapper.Dev) (bool, error) {
+	size, err := devSize(md)
+	if err != nil {
+		return false, err
+	}
+	ps, err := p.poolStatus()
+	if err != nil {
+		return false, err
+	}
+	if ps.Mode == devmapper.PoolFailed || ps.Mode == devmapper.PoolError {
+		return false, nil // recovery reports it
+	}
+	used := int64(ps.TotalMetadata) * devmapper.MetadataBlockSize
+	return used < min(size, MaxMetadataSize)-devmapper.MetadataBlockSize, nil
 }
 
 func (p *Pool) storedBlockSize() devmapper.Sectors {

@@ -238,9 +238,11 @@ func (p *Pool) growFilesLocked(dataSize, metadataSize int64) error {
 		if err := loopback.CreateSparse(f.path, f.size); err != nil {
 			return fmt.Errorf("thinpool: grow: %w", err)
 		}
+		p.step("grow:extended")
 		if err := f.loop.SetCapacity(); err != nil {
 			return fmt.Errorf("thinpool: grow: %w", err)
 		}
+		p.step("grow:capacity")
 	}
 	return nil
 }
@@ -271,6 +273,7 @@ func (p *Pool) reloadPoolLocked() error {
 	}
 	// The resume cleared the pool's low-water trigger.
 	p.armSpace(true)
+	p.step("grow:rearmed")
 	return nil
 }
 
