@@ -107,8 +107,8 @@ func (r CheckReport) Orphans() []Finding {
 }
 
 // compareViews is the check proper: records against dm devices (names
-// with the pool's prefix, the pool itself excluded) and thin ids (nil
-// with idsKnown false when unknown).
+// with the pool's prefix, the pool and the devices under it excluded: see
+// prefixDMs) and thin ids (nil with idsKnown false when unknown).
 func compareViews(prefix string, recs []*record, dms []string, ids []uint32, idsKnown bool) (findings []Finding, pending []string) {
 	byName := make(map[string]*record, len(recs))
 	byID := make(map[uint32]*record, len(recs))
@@ -160,7 +160,7 @@ func checkOnce(ctx context.Context, p *Pool, active bool) (CheckReport, error) {
 		return rep, err
 	}
 	rep.Records = len(recs)
-	dms, err := prefixDMs(p.dm, p.name, p.prefix)
+	dms, err := p.prefixDMs()
 	if err != nil {
 		return rep, err
 	}

@@ -125,7 +125,16 @@ func (in *Inspector) refresh() error {
 	}
 	p.blockSize = p.storedBlockSize()
 	p.external = p.name != p.prefix+"-pool"
-	if !p.external {
+	uuid, err := st.metaString(keyDeviceUUID)
+	if err != nil {
+		return err
+	}
+	switch {
+	case !p.external && uuid != "":
+		// A pool on a whole device (Kind); which device, only
+		// Options asks (directDisk).
+		p.direct = &directDevice{}
+	case !p.external:
 		p.dataPath = filepath.Join(in.root, "devicemapper", dataFileName)
 		p.metaPath = filepath.Join(in.root, "devicemapper", metadataFileName)
 	}
@@ -170,11 +179,10 @@ func (in *Inspector) Kind() string {
 	switch {
 	case in.p.external:
 		return KindExternal
+	case in.p.direct != nil:
+		return KindDirect
 	case fileExists(in.p.metaPath):
 		return KindLoopback
-	}
-	if uuid, err := in.p.st.metaString(keyDeviceUUID); err == nil && uuid != "" {
-		return KindDirect
 	}
 	return KindDevices
 }
@@ -304,7 +312,7 @@ func (in *Inspector) Report(ctx context.Context) (Report, error) {
 // strayDMs lists the device-mapper devices with the pool's prefix that no
 // record names.
 func (in *Inspector) strayDMs(recs []*record) ([]string, error) {
-	all, err := prefixDMs(in.dm, in.p.name, in.p.prefix)
+	all, err := in.p.prefixDMs()
 	if err != nil {
 		return nil, err
 	}
@@ -322,15 +330,16 @@ func (in *Inspector) strayDMs(recs []*record) ([]string, error) {
 }
 
 // prefixDMs lists the device-mapper devices whose names carry the pool's
-// prefix, the pool device excluded, sorted.
-func prefixDMs(dm *devmapper.Client, pool, prefix string) ([]string, error) {
-	live, err := dm.List()
+// prefix, sorted: thin devices and strays. The pool and the devices under
+// it (isPoolDevice) are left out.
+func (p *Pool) prefixDMs() ([]string, error) {
+	live, err := p.dm.List()
 	if err != nil {
 		return nil, fmt.Errorf("thinpool: list dm devices: %w", err)
 	}
 	var out []string
 	for _, l := range live {
-		if l.Name != pool && strings.HasPrefix(l.Name, prefix+"-") {
+		if !p.isPoolDevice(l.Name) && strings.HasPrefix(l.Name, p.prefix+"-") {
 			out = append(out, l.Name)
 		}
 	}
@@ -364,7 +373,9 @@ func (in *Inspector) Devices() ([]Device, error) { return in.p.List() }
 // low-water mark and features, so that Open neither grows a loopback file
 // to a default size nor reloads the pool with other features. It fails
 // for a pool over devices that is not active: its devices are known only
-// to the engine's configuration.
+// to the engine's configuration. A pool on a whole device is found: by the
+// table of its metadata linear device when active, else by the label the
+// store records (see directDisk).
 func (in *Inspector) Options() (Options, error) {
 	p := in.p
 	zero := 0
@@ -400,7 +411,11 @@ func (in *Inspector) Options() (Options, error) {
 			*f.size = fi.Size()
 		}
 	case KindDirect:
-		return o, fmt.Errorf("thinpool: the pool %s is on a whole device: its path is in the engine's configuration only; the engine grows it at its next start", p.name)
+		path, err := in.directDisk()
+		if err != nil {
+			return o, err
+		}
+		o.Device = path
 	case KindDevices:
 		if tp == nil {
 			return o, fmt.Errorf("thinpool: the pool %s over devices is not active: its data and metadata devices are in the engine's configuration only", p.name)
@@ -408,4 +423,29 @@ func (in *Inspector) Options() (Options, error) {
 		o.DataDevice, o.MetadataDevice = blockDevPath(tp.Data), blockDevPath(tp.Metadata)
 	}
 	return o, o.Validate()
+}
+
+// directDisk names the block device a whole-device pool is on: the device
+// the table of <prefix>-pool-meta maps when it is live, else the one block
+// device whose dmthin label has the uuid the store records.
+func (in *Inspector) directDisk() (string, error) {
+	p := in.p
+	meta := p.prefix + directMetaSuffix
+	tab, err := in.dm.Table(meta)
+	switch {
+	case err == nil && len(tab) > 0:
+		if lp, ok := tab[0].Params.(devmapper.LinearParams); ok && len(tab) == 1 {
+			return blockDevPath(lp.Device), nil
+		}
+		return "", fmt.Errorf("thinpool: %s maps %v, not one linear target over the pool's disk", meta, tab)
+	case err != nil && !devmapper.IsNotFound(err):
+		return "", fmt.Errorf("thinpool: table of %s: %w", meta, err)
+	}
+	// Not there, or without a live table (a create a crash cut short):
+	// the label says which disk.
+	uuid, err := p.st.metaString(keyDeviceUUID)
+	if err != nil {
+		return "", err
+	}
+	return findLabelled(sysClassBlock, uuid)
 }

@@ -568,8 +568,12 @@ func TestCheckAndGCOrphans(t *testing.T) {
 }
 
 // A pool on a whole device (Options.Device): status calls it "direct", the
-// read-only commands work, and grow says how such a pool grows instead of
-// treating it as a pool over separate devices.
+// read-only commands work, check calls the linear devices the pool is built
+// on (<prefix>-pool-meta and -pool-data) the pool's own, not orphans, with
+// the engine running and after it left the pool active, and gc removes real
+// orphans, of an active pool and of one shut down (whose disk it finds by
+// its label). grow says how such a pool grows instead of treating it as a
+// pool over separate devices.
 func TestDirectDevicePool(t *testing.T) {
 	testenv.RequireDM(t)
 	ctx := context.Background()
@@ -583,23 +587,128 @@ func TestDirectDevicePool(t *testing.T) {
 	o.Pool.Device = disk.Path()
 	s, err := layerstore.Open(ctx, o)
 	require.NoError(t, err)
-	require.NoError(t, s.Create(ctx, "a", "", 0))
-	require.NoError(t, s.Close())
+	sOpen := true
 	t.Cleanup(func() {
+		if sOpen {
+			assert.NoError(t, s.Close())
+		}
 		if s, err := layerstore.Open(ctx, o); assert.NoError(t, err) {
 			assert.NoError(t, s.Pool().Shutdown(ctx))
 		}
 		assert.NoError(t, disk.Detach())
 	})
+	require.NoError(t, s.Create(ctx, "a", "", 0))
+	dm, err := devmapper.Open(devmapper.Options{})
+	require.NoError(t, err)
+	defer dm.Close()
+	prefix := strings.TrimSuffix(s.Pool().Name(), "-pool")
+	ownDMs := []string{prefix + "-pool", prefix + "-pool-data", prefix + "-pool-meta"}
+	exist := func(names ...string) []bool {
+		t.Helper()
+		var out []bool
+		for _, n := range names {
+			ok, err := dm.Exists(n)
+			require.NoError(t, err)
+			out = append(out, ok)
+		}
+		return out
+	}
+	require.Equal(t, []bool{true, true, true}, exist(ownDMs...), "the pool and its two linear devices")
+	healthy := func(live bool) {
+		t.Helper()
+		r := execCLI(t, "check", "--root", root, "--json")
+		assert.Equal(t, exitOK, r.code)
+		cr := decode[thinpool.CheckReport](t, r)
+		assert.Equal(t, live, cr.Live)
+		assert.Empty(t, findingKinds(cr))
+		assert.True(t, cr.Healthy())
+		assert.Equal(t, 2, cr.Records, "base and a")
+		assert.Equal(t, 2, cr.ThinIDs)
+		r = runCLI(t, "", "check", "--root", root)
+		assert.Equal(t, exitOK, r.code)
+		assert.Regexp(t, `(?m)^healthy$`, r.stdout)
+		assert.NotContains(t, r.stdout, "-pool-")
+	}
+
+	// The engine runs.
+	healthy(true)
+	require.NoError(t, s.Close())
+	sOpen = false
+	// The pool alone, closed and left active, as a killed engine leaves
+	// it.
+	popts := o.Pool
+	popts.Root = root
+	p, err := thinpool.Open(ctx, popts)
+	require.NoError(t, err)
+	require.NoError(t, p.Close())
+	require.Equal(t, []bool{true, true, true}, exist(ownDMs...), "left active")
+	healthy(false)
 
 	r := execCLI(t, "status", "--root", root, "--json")
 	require.Equal(t, exitOK, r.code)
 	rep := decode[thinpool.Report](t, r)
 	assert.Equal(t, thinpool.KindDirect, rep.Kind)
+	assert.True(t, rep.Active)
+	assert.Empty(t, rep.FaultyDevices)
 	r = execCLI(t, "ls", "--root", root)
 	require.Equal(t, exitOK, r.code)
 	assert.Regexp(t, `(?m)^l-a\s+a\s`, r.stdout)
 	r = execCLI(t, "grow", "--root", root, "--data", "1G")
 	assert.Equal(t, exitError, r.code)
 	assert.Contains(t, r.stderr, "whole device")
+
+	// Real orphans: a dm device with the prefix, a thin id no record
+	// names. gc removes those and nothing of the pool's.
+	stray := prefix + "-stray"
+	makeStray := func() {
+		t.Helper()
+		_, err := dm.Activate(stray, "", devmapper.Table{{Length: 8, Params: devmapper.RawParams{Type: "error"}}}, false)
+		require.NoError(t, err)
+	}
+	makeStray()
+	t.Cleanup(func() { _ = dm.Remove(stray, devmapper.RemoveOptions{}) })
+	la := byName(decode[[]*entry](t, runCLI(t, "", "ls", "--json", "--root", root)))["l-a"]
+	require.NotNil(t, la)
+	const orphanID = 4242
+	_, err = dm.Message(prefix+"-pool", 0, fmt.Sprintf("create_snap %d %d", orphanID, la.ID))
+	require.NoError(t, err)
+	want := []string{
+		fmt.Sprintf("dm-device-without-record - %s -", stray),
+		fmt.Sprintf("thin-id-without-record - - %d", orphanID),
+	}
+	r = execCLI(t, "check", "--root", root, "--json")
+	assert.Equal(t, exitProblems, r.code)
+	assert.Equal(t, want, findingKinds(decode[thinpool.CheckReport](t, r)))
+
+	r = execCLI(t, "gc", "--root", root, "--yes", "--json")
+	require.Equal(t, exitOK, r.code)
+	res := decode[gcResult](t, r)
+	assert.Empty(t, res.Errors)
+	var found, removed []string
+	for _, f := range res.Found {
+		found = append(found, string(f.Kind)+" "+f.DM)
+	}
+	for _, f := range res.Removed {
+		removed = append(removed, string(f.Kind)+" "+f.DM)
+	}
+	assert.ElementsMatch(t, []string{"dm-device-without-record " + stray, "thin-id-without-record "}, found)
+	// Opening the pool removes the stray dm device itself (recovery).
+	assert.Subset(t, found, removed)
+	assert.Contains(t, removed, "thin-id-without-record ")
+	assert.Equal(t, []bool{false, true, true, true}, exist(append([]string{stray}, ownDMs...)...), "the stray removed, the pool left active as found")
+	healthy(false)
+
+	// A pool shut down: gc finds its disk by the label and leaves the
+	// pool shut down again.
+	p, err = thinpool.Open(ctx, popts)
+	require.NoError(t, err)
+	require.NoError(t, p.Shutdown(ctx))
+	require.Equal(t, []bool{false, false, false}, exist(ownDMs...))
+	makeStray()
+	r = execCLI(t, "check", "--root", root, "--json")
+	assert.Equal(t, exitProblems, r.code)
+	assert.Equal(t, want[:1], findingKinds(decode[thinpool.CheckReport](t, r)))
+	r = execCLI(t, "gc", "--root", root, "--yes")
+	assert.Equal(t, exitOK, r.code)
+	assert.Equal(t, []bool{false, false, false, false}, exist(append([]string{stray}, ownDMs...)...))
 }
