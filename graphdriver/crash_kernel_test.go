@@ -43,6 +43,9 @@ type crashSpec struct {
 	Step    string
 	ID      string
 	Size    string
+	// ToolPidFile: at Step, do not die at once but once the step's tool
+	// (a child process) runs, after writing its pid here.
+	ToolPidFile string
 }
 
 func TestMain(m *testing.M) {
@@ -65,7 +68,11 @@ func crashChild(raw string) {
 		return
 	}
 	hook := func(step string) {
-		if step == sp.Step {
+		switch {
+		case step != sp.Step:
+		case sp.ToolPidFile != "":
+			go killWhileToolRuns(sp.ToolPidFile)
+		default:
 			killSelf()
 		}
 	}

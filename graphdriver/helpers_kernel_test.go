@@ -111,7 +111,8 @@ func activeDMWithPrefix(t *testing.T, poolName string) []string {
 	prefix := strings.TrimSuffix(poolName, "-pool") + "-"
 	var out []string
 	for _, n := range dmNames(t) {
-		if strings.HasPrefix(n, prefix) && n != poolName {
+		// The pool, and the linear devices of a pool on a whole disk.
+		if strings.HasPrefix(n, prefix) && n != poolName && n != poolName+"-meta" && n != poolName+"-data" {
 			out = append(out, n)
 		}
 	}

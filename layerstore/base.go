@@ -207,6 +207,7 @@ func (s *Store) createBase(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("layerstore: activate base device: %w", err)
 	}
+	s.step(StepBaseFormatting)
 	if err := s.fs.Format(ctx, node, s.opts.MkfsArgs); err != nil {
 		return errors.Join(fmt.Errorf("layerstore: format base device: %w", err), s.pool.Deactivate(ctx, baseDevice, false))
 	}

@@ -6,6 +6,9 @@ package layerstore
 const (
 	// StepBaseCreated: the base thin device was made, not formatted.
 	StepBaseCreated = "base:created"
+	// StepBaseFormatting: the base device is about to be formatted (the
+	// formatting tool is started next).
+	StepBaseFormatting = "base:formatting"
 	// StepBaseFormatted: the base device was formatted.
 	StepBaseFormatted = "base:formatted"
 	// StepBaseMounted: the base is mounted on its temporary mount point

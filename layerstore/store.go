@@ -197,6 +197,9 @@ func Open(ctx context.Context, opts Options) (_ *Store, err error) {
 	if popts.Logger == nil {
 		popts.Logger = s.log
 	}
+	if popts.StepHook == nil {
+		popts.StepHook = opts.StepHook
+	}
 	if s.pool, err = thinpool.Open(ctx, popts); err != nil {
 		return nil, fmt.Errorf("layerstore: open pool: %w", err)
 	}

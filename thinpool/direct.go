@@ -169,6 +169,7 @@ func (p *Pool) useDirect(isNew bool) (err error) {
 	if err != nil {
 		return err
 	}
+	p.step("direct:linear")
 	return p.ensurePool(md, dd)
 }
 

@@ -95,7 +95,12 @@ type Options struct {
 	// DeviceDir is where block nodes are made, default /dev/mapper.
 	DeviceDir string
 	// Logger receives the pool's log lines; nil discards them.
-	Logger logrus.FieldLogger
+	Logger logrus.FieldLogger `json:"-"`
+	// StepHook, when set, is called at each named step of a multi-step
+	// change, Open's first layout and growth included ("direct:layout:label",
+	// "pool:created", "reload:suspended"...): crash tests kill the process
+	// there.
+	StepHook func(step string) `json:"-"`
 }
 
 func (o *Options) source() string {

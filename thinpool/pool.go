@@ -98,7 +98,10 @@ func Open(ctx context.Context, opts Options) (_ *Pool, err error) {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, fmt.Errorf("thinpool: root: %w", err)
 	}
-	p := &Pool{opts: opts, log: opts.Logger.WithField("pool-root", root), closing: make(chan struct{}), hook: openHook, syncEvery: syncEvery}
+	p := &Pool{opts: opts, log: opts.Logger.WithField("pool-root", root), closing: make(chan struct{}), hook: opts.StepHook, syncEvery: syncEvery}
+	if p.hook == nil {
+		p.hook = openHook
+	}
 	p.space.maxAge = spaceMaxAge
 	if opts.AutoGrow != nil && opts.source() == "loopback" {
 		p.grow = &autoGrower{cfg: opts.AutoGrow.withDefaults(), interval: autoGrowInterval}
