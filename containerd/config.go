@@ -12,6 +12,7 @@ import (
 	"github.com/pelletier/go-toml/v2"
 
 	"github.com/dmthin/dmthin/fsys"
+	"github.com/dmthin/dmthin/layerstore"
 	"github.com/dmthin/dmthin/thinpool"
 )
 
@@ -201,4 +202,34 @@ func (c Config) Validate() error {
 		return nil
 	}
 	return fmt.Errorf("%w: %w", ErrInvalidConfig, errors.Join(errs...))
+}
+
+// configKeys are the config's names for the layer store's fields.
+var configKeys = map[string]string{
+	"BaseSize":   "base_image_size",
+	"Filesystem": "fs_type",
+	"MkfsArgs":   "fs_options",
+}
+
+// configError is a layer store's FieldError told with the config key.
+type configError struct {
+	key string
+	fe  *layerstore.FieldError
+}
+
+func (e *configError) Error() string {
+	return fmt.Sprintf("invalid config: %s = %q: %v", e.key, e.fe.Value, e.fe.Err)
+}
+
+func (e *configError) Unwrap() error { return e.fe }
+
+// configErr names the config key of a field the layer store refused.
+func configErr(err error) error {
+	var fe *layerstore.FieldError
+	if errors.As(err, &fe) {
+		if key, ok := configKeys[fe.Field]; ok {
+			return &configError{key: key, fe: fe}
+		}
+	}
+	return err
 }

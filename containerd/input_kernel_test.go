@@ -8,9 +8,11 @@ import (
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/dmthin/dmthin/internal/testenv"
+	"github.com/dmthin/dmthin/layerstore"
 )
 
 // state is what a caller and the pool can see: the snapshots Walk lists
@@ -147,4 +149,29 @@ func TestAnyKey(t *testing.T) {
 	}
 	walk, _ := state(t, sn)
 	require.Empty(t, walk)
+}
+
+// A base_image_size below the base device made before is refused (for
+// now: new snapshots do not get a base of the new size), in words that
+// name the config key, once.
+func TestSmallerBaseImageSizeNamesItsKey(t *testing.T) {
+	testenv.RequireDM(t)
+	ctx := context.Background()
+	cfg := testConfig(t.TempDir())
+	cfg.BaseImageSize = "128MB"
+	sn, err := New(ctx, cfg, testLogger(t))
+	require.NoError(t, err)
+	require.NoError(t, sn.Close())
+
+	cfg.BaseImageSize = "64MB"
+	_, err = New(ctx, cfg, testLogger(t))
+	require.Error(t, err)
+	assert.ErrorIs(t, err, layerstore.ErrInvalidOptions)
+	assert.Regexp(t, `^dmthin snapshotter: invalid config: base_image_size = "[^"]+": smaller than the existing base device \([^)]+\): the base can grow, not shrink$`, err.Error())
+	assert.Equal(t, 1, strings.Count(err.Error(), "invalid"), err.Error())
+
+	cfg.BaseImageSize = "128MB"
+	sn, err = New(ctx, cfg, testLogger(t))
+	require.NoError(t, err, "the old size still opens")
+	require.NoError(t, sn.Close())
 }

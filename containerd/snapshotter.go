@@ -121,7 +121,7 @@ func open(ctx context.Context, cfg Config, log logrus.FieldLogger, hook func(str
 		return nil, fmt.Errorf("dmthin snapshotter: another process holds root_path %s: %w", cfg.RootPath, err)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("dmthin snapshotter: %w", err)
+		return nil, fmt.Errorf("dmthin snapshotter: %w", configErr(err))
 	}
 	s := &Snapshotter{cfg: cfg, ls: ls, log: opts.Logger, index: map[string]*entry{}, hook: hook}
 	if err := s.load(ctx); err != nil {

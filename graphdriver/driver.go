@@ -92,7 +92,10 @@ func newDriver(home string, cfg Config, logger logrus.FieldLogger, hook func(str
 	d := &Driver{home: home, cfg: cfg, log: logger.WithField("storage-driver", DriverName), selinux: selinuxEnabled(), stepHook: hook}
 	d.store, err = layerstore.Open(context.Background(), d.storeOptions())
 	if err != nil {
-		return nil, cfg.thinPoolDevError(fmt.Errorf("graphdriver: %w", storeErr(err)))
+		if err = storeErr(err); !errors.Is(err, ErrInvalidOptions) {
+			err = fmt.Errorf("graphdriver: %w", err) // the option errors say whose they are
+		}
+		return nil, cfg.thinPoolDevError(err)
 	}
 	d.home = d.store.Root() // symbolic links resolved
 	d.log.WithFields(logrus.Fields{"home": home, "base-size": units.BytesSize(float64(d.store.BaseSize()))}).Info("storage driver ready")

@@ -39,8 +39,36 @@ var (
 	ErrClosed = layerstore.ErrClosed
 )
 
-// storeErr makes the store's invalid-options errors this package's too.
+// storeOptionNames are the names this driver gives the store's fields.
+var storeOptionNames = map[string]string{
+	"BaseSize":   "dm.basesize",
+	"Filesystem": "dm.fs",
+	"MkfsArgs":   "dm.mkfsarg",
+	"Size":       "storage option size",
+}
+
+// optionError is a store's FieldError told with this driver's name for the
+// option.
+type optionError struct {
+	name string
+	fe   *layerstore.FieldError
+}
+
+func (e *optionError) Error() string {
+	return fmt.Sprintf("%v: %s=%s: %v", ErrInvalidOptions, e.name, e.fe.Value, e.fe.Err)
+}
+
+func (e *optionError) Unwrap() []error { return []error{ErrInvalidOptions, e.fe} }
+
+// storeErr makes the store's invalid-options errors this package's too,
+// naming the option (dm.basesize...) where the store names its field.
 func storeErr(err error) error {
+	var fe *layerstore.FieldError
+	if errors.As(err, &fe) {
+		if name, ok := storeOptionNames[fe.Field]; ok {
+			return &optionError{name: name, fe: fe}
+		}
+	}
 	if errors.Is(err, layerstore.ErrInvalidOptions) && !errors.Is(err, ErrInvalidOptions) {
 		return fmt.Errorf("%w: %w", ErrInvalidOptions, err)
 	}

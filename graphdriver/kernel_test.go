@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -18,6 +19,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
+
+	"github.com/dmthin/dmthin/layerstore"
 )
 
 func statusMap(d *Driver) map[string]string {
@@ -486,7 +489,13 @@ func testBaseDeviceVerifiedAndGrown(t *testing.T, fc driverFS, smaller, bigger s
 
 	_, err := Init(home, withOpts(append(fc.opts, "dm.basesize="+smaller)...), testLogger(t))
 	assert.ErrorIs(t, err, ErrInvalidOptions)
-	assert.Contains(t, err.Error(), "smaller than the existing base device")
+	// One prefix each, and the option's name.
+	assert.Regexp(t, `^graphdriver: invalid options: dm.basesize=\S+: smaller than the existing base device \(\S+\): the base can grow, not shrink$`, err.Error())
+	assert.Equal(t, 1, strings.Count(err.Error(), "invalid options"), err.Error())
+	assert.Equal(t, 1, strings.Count(err.Error(), "graphdriver:"), err.Error())
+	var fe *layerstore.FieldError
+	require.ErrorAs(t, err, &fe, "the store's field error is kept")
+	assert.Equal(t, "BaseSize", fe.Field)
 	assertNothingLeft(t, home, poolName)
 
 	// The other filesystem asked for.
@@ -496,7 +505,8 @@ func testBaseDeviceVerifiedAndGrown(t *testing.T, fc driverFS, smaller, bigger s
 	}
 	_, err = Init(home, withOpts(otherFS, "dm.basesize=320M"), testLogger(t))
 	assert.ErrorIs(t, err, ErrInvalidOptions)
-	assert.Contains(t, err.Error(), "but the base device was formatted "+fc.name)
+	assert.Contains(t, err.Error(), "graphdriver: invalid options: "+otherFS+": the base device was formatted "+fc.name)
+	assert.Equal(t, 1, strings.Count(err.Error(), "invalid options"), err.Error())
 	assertNothingLeft(t, home, poolName)
 
 	// A different pool behind this home: its base has another UUID.

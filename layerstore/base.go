@@ -146,11 +146,12 @@ func (s *Store) setupBase(ctx context.Context) error {
 		return s.createBase(ctx)
 	}
 	if s.opts.BaseSize != 0 && s.opts.BaseSize < base.Size {
-		return fmt.Errorf("%w: base size %s is smaller than the existing base device (%s); the base can grow, not shrink",
-			ErrInvalidOptions, units.BytesSize(float64(s.opts.BaseSize)), units.BytesSize(float64(base.Size)))
+		return &FieldError{Field: "BaseSize", Value: units.BytesSize(float64(s.opts.BaseSize)),
+			Err: fmt.Errorf("smaller than the existing base device (%s): the base can grow, not shrink", units.BytesSize(float64(base.Size)))}
 	}
 	if rec.Filesystem != s.opts.Filesystem {
-		return fmt.Errorf("%w: filesystem %s asked for, but the base device was formatted %s", ErrInvalidOptions, s.opts.Filesystem, rec.Filesystem)
+		return &FieldError{Field: "Filesystem", Value: s.opts.Filesystem,
+			Err: fmt.Errorf("the base device was formatted %s: a filesystem is chosen when the pool is made", rec.Filesystem)}
 	}
 	if err := s.verifyBase(ctx, rec, base); err != nil {
 		return err

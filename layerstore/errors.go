@@ -1,6 +1,9 @@
 package layerstore
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors callers act on. Returned errors wrap them (and the cause
 // from thinpool, ext4 or the kernel), so test with errors.Is. graphdriver
@@ -32,3 +35,21 @@ var (
 	// ErrClosed: the store was closed.
 	ErrClosed = errors.New("layer store closed")
 )
+
+// FieldError is an Options field, or Create's size, that cannot be used as
+// given. Field is the field's name in Options ("BaseSize", "Filesystem",
+// "MkfsArgs"), or "Size" for Create's size, so that an adapter can name
+// the option of its own that it maps to it. errors.Is matches
+// ErrInvalidOptions and the cause.
+type FieldError struct {
+	Field string // e.g. "BaseSize", "Size"
+	Value string // the value given, as a person writes it (e.g. "5GiB")
+	Err   error  // why it cannot be used
+}
+
+func (e *FieldError) Error() string {
+	return fmt.Sprintf("%v: %s %s: %v", ErrInvalidOptions, e.Field, e.Value, e.Err)
+}
+
+// Unwrap gives ErrInvalidOptions and the cause.
+func (e *FieldError) Unwrap() []error { return []error{ErrInvalidOptions, e.Err} }

@@ -2,6 +2,7 @@ package layerstore
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/docker/go-units"
 
@@ -19,15 +20,15 @@ func (o *Options) filesystem() (fsys.Filesystem, error) {
 func (o *Options) validateFilesystem() []error {
 	fs, err := o.filesystem()
 	if err != nil {
-		return []error{fmt.Errorf("%w: filesystem: %w", ErrInvalidOptions, err)}
+		return []error{&FieldError{Field: "Filesystem", Value: o.Filesystem, Err: err}}
 	}
 	var errs []error
 	if err := fs.ValidateMkfsArgs(o.MkfsArgs); err != nil {
-		errs = append(errs, fmt.Errorf("%w: mkfs arguments: %w", ErrInvalidOptions, err))
+		errs = append(errs, &FieldError{Field: "MkfsArgs", Value: strings.Join(o.MkfsArgs, " "), Err: err})
 	}
 	if o.BaseSize >= MinBaseSize && o.BaseSize < fs.MinSize() { // below MinBaseSize: Validate says so
-		errs = append(errs, fmt.Errorf("%w: base size %s is below the %s that %s needs", ErrInvalidOptions,
-			units.BytesSize(float64(o.BaseSize)), units.BytesSize(float64(fs.MinSize())), fs.Type()))
+		errs = append(errs, &FieldError{Field: "BaseSize", Value: units.BytesSize(float64(o.BaseSize)),
+			Err: fmt.Errorf("below the %s that %s needs", units.BytesSize(float64(fs.MinSize())), fs.Type())})
 	}
 	return errs
 }

@@ -23,11 +23,11 @@ func (s *Store) Create(ctx context.Context, name, parent string, size int64) err
 		}
 	}
 	if size < 0 || size%512 != 0 {
-		return fmt.Errorf("%w: layer size %d: want a positive multiple of 512", ErrInvalidOptions, size)
+		return &FieldError{Field: "Size", Value: fmt.Sprint(size), Err: errors.New("want a positive multiple of 512")}
 	}
 	if size != 0 && size < s.baseSize {
-		return fmt.Errorf("%w: layer size %s is below the base device size %s", ErrInvalidOptions,
-			units.BytesSize(float64(size)), units.BytesSize(float64(s.baseSize)))
+		return &FieldError{Field: "Size", Value: units.BytesSize(float64(size)),
+			Err: fmt.Errorf("below the base device size %s", units.BytesSize(float64(s.baseSize)))}
 	}
 	release, err := s.lockLayer(name)
 	if err != nil {
@@ -76,8 +76,8 @@ func (s *Store) createLocked(ctx context.Context, name, parent string, size int6
 	want := max(pinfo.Size, s.baseSize)
 	if size != 0 {
 		if size < pinfo.Size {
-			return fmt.Errorf("%w: layer size %s is below the size of parent %q (%s)", ErrInvalidOptions,
-				units.BytesSize(float64(size)), parent, units.BytesSize(float64(pinfo.Size)))
+			return &FieldError{Field: "Size", Value: units.BytesSize(float64(size)),
+				Err: fmt.Errorf("below the size of parent %q (%s)", parent, units.BytesSize(float64(pinfo.Size)))}
 		}
 		want = size
 	}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/docker/go-units"
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestValidateName(t *testing.T) {
@@ -45,9 +46,17 @@ func TestOptionsValidate(t *testing.T) {
 	three := 3
 	o = Options{Root: "/x", BaseSize: 256 * units.MiB, Filesystem: FilesystemXFS, MkfsArgs: []string{"-N"}}
 	err = o.Validate()
-	for _, want := range []string{"base size 256MiB is below the 300MiB that xfs needs", "mkfs arguments", "-N only prints"} {
+	for _, want := range []string{"BaseSize 256MiB: below the 300MiB that xfs needs", "MkfsArgs -N", "-N only prints"} {
 		assert.ErrorContains(t, err, want)
 	}
+	// Each problem names its field, for adapters to name their option.
+	var fields []string
+	for _, e := range err.(interface{ Unwrap() []error }).Unwrap() {
+		var fe *FieldError
+		require.ErrorAs(t, e, &fe)
+		fields = append(fields, fe.Field)
+	}
+	assert.Equal(t, []string{"MkfsArgs", "BaseSize"}, fields)
 	o = Options{Root: "/x", XFSNoSpaceMaxRetries: &three}
 	assert.ErrorContains(t, o.Validate(), "apply to xfs only")
 	o = Options{Root: "/x", BaseSize: 256 * units.MiB, MkfsArgs: []string{"/dev/sda"}}

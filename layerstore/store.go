@@ -107,9 +107,10 @@ func (o *Options) Validate() error {
 		bad("empty root directory")
 	}
 	if o.BaseSize < 0 || (o.BaseSize > 0 && o.BaseSize < MinBaseSize) {
-		bad("base size %s is below the minimum %s", units.BytesSize(float64(o.BaseSize)), units.BytesSize(float64(MinBaseSize)))
+		errs = append(errs, &FieldError{Field: "BaseSize", Value: units.BytesSize(float64(o.BaseSize)),
+			Err: fmt.Errorf("below the minimum %s", units.BytesSize(float64(MinBaseSize)))})
 	} else if o.BaseSize%512 != 0 {
-		bad("base size %d is not a multiple of 512 bytes", o.BaseSize)
+		errs = append(errs, &FieldError{Field: "BaseSize", Value: fmt.Sprint(o.BaseSize), Err: errors.New("not a multiple of 512 bytes")})
 	}
 	errs = append(errs, o.validateFilesystem()...)
 	if o.RootfsDir != "" {
