@@ -22,6 +22,7 @@ import (
 
 	"github.com/dmthin/dmthin/devmapper"
 	"github.com/dmthin/dmthin/internal/testenv"
+	"github.com/dmthin/dmthin/loopback"
 )
 
 // Kills inside a reload, with I/O in flight. The child (this test binary,
@@ -40,9 +41,10 @@ const (
 
 type reloadCrashSpec struct {
 	Opts     Options
-	Op       string // grow-data, grow-meta, autogrow, resize
+	Op       string // grow-data, grow-meta, autogrow, resize, grow-direct
 	Step     string
 	Progress string // file the writer appends each durable chunk's offset to
+	DiskFile string // grow-direct: the file behind the whole disk's loop device
 }
 
 type reloadCrashCase struct {
@@ -64,11 +66,15 @@ var reloadCrashCases = []reloadCrashCase{
 		o.AutoGrow = &AutoGrow{ThresholdPercent: 50, StepPercent: 100, MaxDataSize: 512 * MiB}
 	}},
 	{op: "resize", steps: reloadSteps},
+	// A pool on a whole disk that grew: the label, then the data linear
+	// device's reload (the first reload:* steps), then the pool's.
+	{op: "grow-direct", steps: []string{"direct:grow:label", "reload:loaded", "reload:suspended", "reload:resumed", "direct:grow:linear", "grow:rearmed"}},
 }
 
 const (
 	grownData = 768 * MiB
 	grownMeta = 32 * MiB
+	grownDisk = 768 * MiB
 	ioSize    = 256 * MiB
 )
 
@@ -122,6 +128,15 @@ func reloadCrashChild(raw string) {
 		err = p.Grow(ctx, 0, grownMeta)
 	case "resize":
 		err = p.Resize(ctx, "io", 2*ioSize)
+	case "grow-direct":
+		var l *loopback.Device
+		if err = loopback.CreateSparse(sp.DiskFile, grownDisk); err == nil {
+			if l, err = loopback.Find(sp.DiskFile); err == nil {
+				if err = l.SetCapacity(); err == nil {
+					err = p.Grow(ctx, 0, 0)
+				}
+			}
+		}
 	case "autogrow":
 		// The writer crosses the threshold; the growth loop reloads.
 		time.Sleep(2 * time.Minute)
@@ -180,7 +195,13 @@ func TestReloadCrashWithIOInFlight(t *testing.T) {
 }
 
 func runReloadCrash(t *testing.T, cc reloadCrashCase, step string) {
-	tp := openPool(t, cc.mod)
+	var d *disk
+	mod := cc.mod
+	if cc.op == "grow-direct" {
+		d = newDisk(t, 512*MiB)
+		mod = func(o *Options) { o.LoopDataSize, o.LoopMetadataSize, o.Device = 0, 0, d.loop.Path() }
+	}
+	tp := openPool(t, mod)
 	ctx := context.Background()
 	_, err := tp.Create(ctx, "io", ioSize)
 	require.NoError(t, err)
@@ -193,7 +214,11 @@ func runReloadCrash(t *testing.T, cc reloadCrashCase, step string) {
 	require.NoError(t, tp.Close())
 
 	progress := filepath.Join(t.TempDir(), "progress")
-	raw, err := json.Marshal(reloadCrashSpec{Opts: opts, Op: cc.op, Step: step, Progress: progress})
+	sp := reloadCrashSpec{Opts: opts, Op: cc.op, Step: step, Progress: progress}
+	if d != nil {
+		sp.DiskFile = d.file
+	}
+	raw, err := json.Marshal(sp)
 	require.NoError(t, err)
 	var out bytes.Buffer
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
@@ -279,6 +304,9 @@ func runReloadCrash(t *testing.T, cc reloadCrashCase, step string) {
 		assert.Equal(t, int64(grownMeta), st.MetadataTotal, "metadata after a kill at %s", step)
 	case "autogrow":
 		assert.Greater(t, st.DataTotal, before.DataTotal, "data after a kill at %s", step)
+	case "grow-direct":
+		// The disk grew first: Open takes in what it has.
+		assert.Greater(t, st.DataTotal, before.DataTotal+200*MiB, "data after a kill at %s", step)
 	case "resize":
 		require.NoError(t, p.Resize(ctx, "io", 2*ioSize), "the resize can be done again after a kill at %s", step)
 		d, err := p.Get("io")
@@ -297,7 +325,13 @@ func runReloadCrash(t *testing.T, cc reloadCrashCase, step string) {
 	assertPoolMatchesRecords(t, p)
 	want := recordIDs(t, p)
 	require.NoError(t, p.Shutdown(ctx))
-	assert.Equal(t, want, testenv.ThinIDs(t, tp.metaPath), "thin ids in the pool's metadata vs the records after a kill at %s", step)
+	var ids []uint32
+	if d != nil {
+		ids = metadataIDs(t, d)
+	} else {
+		ids = testenv.ThinIDs(t, tp.metaPath)
+	}
+	assert.Equal(t, want, ids, "thin ids in the pool's metadata vs the records after a kill at %s", step)
 	p, err = Open(ctx, tp.opts)
 	require.NoError(t, err)
 	tp.Pool = p
