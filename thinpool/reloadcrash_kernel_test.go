@@ -1,3 +1,5 @@
+//go:build dmthin_kernel
+
 package thinpool
 
 import (
