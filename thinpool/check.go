@@ -35,6 +35,12 @@ const (
 	// FindingPool: the pool itself is not healthy (mode not rw, needs
 	// check, failed).
 	FindingPool FindingKind = "pool"
+	// FindingSuspended: a device of the pool (the pool, a device under
+	// it, a thin device) is suspended outside any operation: a process
+	// was killed between a suspend and its resume, and I/O to it waits.
+	// Orphan: opening the pool (RemoveOrphans' caller, or the engine's
+	// next start) resumes it.
+	FindingSuspended FindingKind = "suspended"
 )
 
 // Finding is one problem a check found.
@@ -52,7 +58,7 @@ type Finding struct {
 // Orphan reports whether RemoveOrphans removes what f names.
 func (f Finding) Orphan() bool {
 	switch f.Kind {
-	case FindingRecordWithoutThin, FindingThinWithoutRecord, FindingDMWithoutRecord:
+	case FindingRecordWithoutThin, FindingThinWithoutRecord, FindingDMWithoutRecord, FindingSuspended:
 		return true
 	}
 	return false
@@ -188,6 +194,14 @@ func checkOnce(ctx context.Context, p *Pool, active bool) (CheckReport, error) {
 	} else {
 		known = true
 		rep.ThinIDs = len(ids)
+	}
+	suspended, err := p.suspendedDMs()
+	if err != nil {
+		return rep, err
+	}
+	for _, dm := range suspended {
+		rep.Findings = append(rep.Findings, Finding{Kind: FindingSuspended, DM: dm,
+			Detail: fmt.Sprintf("device-mapper device %s is suspended (a process was killed between a suspend and its resume); opening the pool resumes it", dm)})
 	}
 	if f, pending := compareViews(p.prefix, recs, dms, ids, known); len(f)+len(pending) > 0 {
 		rep.Findings = append(rep.Findings, f...)

@@ -29,6 +29,8 @@ type Inspector struct {
 	dm    *devmapper.Client
 	log   logrus.FieldLogger
 	inUse bool
+	// holderDying: the process holding the store was killed (HolderDying).
+	holderDying bool
 	// p is a read-only Pool over the store copy: its describe and status
 	// code is reused, nothing that changes the pool is ever called on it.
 	p         *Pool
@@ -112,6 +114,13 @@ func (in *Inspector) refresh() error {
 	}
 	in.dropStore = drop
 	in.inUse = inUse
+	in.holderDying = false
+	if inUse {
+		holders, err := lockHolders(dbPath)
+		for _, pid := range holders {
+			in.holderDying = in.holderDying || (err == nil && processDying(pid))
+		}
+	}
 	zero := 0
 	p := &Pool{st: st, dm: in.dm, log: in.log, opts: Options{Root: in.root, MinFreeSpacePercent: &zero}, closing: make(chan struct{})}
 	if p.prefix, err = st.metaString(keyPrefix); err != nil {
@@ -171,6 +180,12 @@ func (in *Inspector) Close() error {
 // wait until it stops: Open would fail with ErrLocked.
 func (in *Inspector) InUse() bool { return in.inUse }
 
+// HolderDying reports whether the process that holds the pool open was
+// killed and has not exited yet: it will never change the pool again, and
+// Open settles what it left (see deadowner.go) instead of failing with
+// ErrLocked. A changing command may go on.
+func (in *Inspector) HolderDying() bool { return in.holderDying }
+
 // Active reports whether the pool device is in the kernel.
 func (in *Inspector) Active() bool { return in.active }
 
@@ -210,6 +225,11 @@ type Report struct {
 	Active bool `json:"active"`
 	// InUse: a process (the engine) has the pool open.
 	InUse bool `json:"in_use"`
+	// HolderDying: the process that has it open was killed and cannot
+	// exit yet, mostly because it left a device suspended (Suspended).
+	HolderDying bool `json:"holder_dying"`
+	// Suspended names the pool's devices left suspended (FindingSuspended).
+	Suspended []string `json:"suspended"`
 	// Prefix of the pool's device-mapper names.
 	Prefix string `json:"prefix"`
 	// LowWaterMark in bytes of free data space, from the pool's table
@@ -230,7 +250,12 @@ type Report struct {
 // Report describes the pool.
 func (in *Inspector) Report(ctx context.Context) (Report, error) {
 	p := in.p
-	r := Report{Root: in.root, Kind: in.Kind(), Active: in.active, InUse: in.inUse, Prefix: p.prefix, Mode: "inactive", Deleting: []string{}}
+	r := Report{Root: in.root, Kind: in.Kind(), Active: in.active, InUse: in.inUse, HolderDying: in.holderDying, Prefix: p.prefix, Mode: "inactive", Deleting: []string{}}
+	suspended, err := p.suspendedDMs()
+	if err != nil {
+		return r, err
+	}
+	r.Suspended = append([]string{}, suspended...)
 	if in.active {
 		ps, err := p.poolStatus()
 		if err != nil {
@@ -340,6 +365,26 @@ func (p *Pool) prefixDMs() ([]string, error) {
 	var out []string
 	for _, l := range live {
 		if !p.isPoolDevice(l.Name) && strings.HasPrefix(l.Name, p.prefix+"-") {
+			out = append(out, l.Name)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// suspendedDMs lists the devices of the pool (the pool, the devices under
+// it, its thin devices) that are suspended, sorted.
+func (p *Pool) suspendedDMs() ([]string, error) {
+	live, err := p.dm.List()
+	if err != nil {
+		return nil, fmt.Errorf("thinpool: list dm devices: %w", err)
+	}
+	var out []string
+	for _, l := range live {
+		if !p.isPoolDevice(l.Name) && !strings.HasPrefix(l.Name, p.prefix+"-") {
+			continue
+		}
+		if info, err := p.dm.Info(l.Name); err == nil && info.Suspended {
 			out = append(out, l.Name)
 		}
 	}

@@ -36,7 +36,7 @@ func (c *cmdCtx) openPool(ctx context.Context, in *thinpool.Inspector, what stri
 	if err != nil {
 		return nil, nil, err
 	}
-	if in.InUse() {
+	if in.InUse() && !in.HolderDying() {
 		return nil, nil, errInUse(r.Root, what)
 	}
 	opts, err := in.Options()
@@ -75,7 +75,7 @@ func runGC(ctx context.Context, c *cmdCtx) (err error) {
 		return err
 	}
 	defer func() { err = errors.Join(err, in.Close()) }()
-	if in.InUse() {
+	if in.InUse() && !in.HolderDying() {
 		return errInUse(c.root, "gc")
 	}
 	rep, err := in.Check(ctx)
@@ -179,7 +179,7 @@ func runGrow(ctx context.Context, c *cmdCtx) (err error) {
 		return err
 	}
 	defer func() { err = errors.Join(err, in.Close()) }()
-	if in.InUse() {
+	if in.InUse() && !in.HolderDying() {
 		return errInUse(c.root, "grow")
 	}
 	// Every check before anything changes: opening the pool activates it.

@@ -50,10 +50,16 @@ func printStatus(c *cmdCtx, r thinpool.Report) error {
 	} else {
 		state = append(state, "not active (engine stopped)")
 	}
-	if r.InUse {
+	switch {
+	case r.HolderDying:
+		state = append(state, "held by a process that was killed and has not exited")
+	case r.InUse:
 		state = append(state, "in use by another process")
 	}
 	fmt.Fprintf(w, "pool\t%s (%s)\n", r.Name, strings.Join(state, ", "))
+	if len(r.Suspended) > 0 {
+		fmt.Fprintf(w, "suspended\t%s (I/O to them waits: dmthin gc --yes, or the engine's next start, resumes them)\n", strings.Join(r.Suspended, ", "))
+	}
 	fmt.Fprintf(w, "root\t%s\n", r.Root)
 	mode := r.Mode
 	if r.NeedsCheck {
@@ -264,7 +270,10 @@ func printCheck(c *cmdCtx, r thinpool.CheckReport) {
 	}
 	for _, f := range r.Findings {
 		tag := ""
-		if f.Orphan() {
+		switch {
+		case f.Kind == thinpool.FindingSuspended:
+			tag = " [gc resumes it]"
+		case f.Orphan():
 			tag = " [orphan: gc removes it]"
 		}
 		fmt.Fprintf(c.stdout, "%s: %s%s\n", f.Kind, f.Detail, tag)
