@@ -138,7 +138,7 @@ func TestFilesystemChain(t *testing.T) {
 			o.Filesystem, o.BaseSize, o.XFSNoSpaceMaxRetries = other.name, 0, nil
 			_, err = Open(ctx, o)
 			require.ErrorIs(t, err, ErrInvalidOptions)
-			assert.Contains(t, err.Error(), "filesystem "+other.name+" asked for, but the base device was formatted "+fc.name)
+			assert.Contains(t, err.Error(), "Filesystem "+other.name+": the base device was formatted "+fc.name)
 		})
 	}
 }
