@@ -28,6 +28,12 @@ type Options struct {
 	NodeDir string
 	// Logger receives debug lines for each operation; nil discards them.
 	Logger logrus.FieldLogger
+	// Fault, when set, is asked before each ioctl with its command's name
+	// ("DM_DEV_SUSPEND", "DM_TARGET_MSG"...; resume is "DM_DEV_RESUME")
+	// and the device's name; a non-zero errno fails the call as the
+	// kernel would, without sending it. Tests use it to reach the undo
+	// paths of their callers.
+	Fault func(op, name string) unix.Errno
 }
 
 // Client issues device-mapper ioctls. It is safe for concurrent use: each
@@ -36,6 +42,7 @@ type Client struct {
 	fd      int
 	nodeDir string
 	log     logrus.FieldLogger
+	fault   func(op, name string) unix.Errno
 }
 
 func discardLogger() logrus.FieldLogger {
@@ -65,7 +72,7 @@ func Open(opts Options) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("devmapper: open %s: %w", opts.ControlPath, err)
 	}
-	c := &Client{fd: fd, nodeDir: opts.NodeDir, log: opts.Logger}
+	c := &Client{fd: fd, nodeDir: opts.NodeDir, log: opts.Logger, fault: opts.Fault}
 	v, err := c.Version()
 	if err != nil {
 		unix.Close(fd)
@@ -115,6 +122,12 @@ func (c *Client) NodeDir() string { return c.nodeDir }
 func (c *Client) NodePath(name string) string { return filepath.Join(c.nodeDir, name) }
 
 func (c *Client) do(r *request) (*reply, error) {
+	if c.fault != nil {
+		if e := c.fault(r.op, r.name); e != 0 {
+			c.log.WithFields(logrus.Fields{"op": r.op, "name": r.name, "err": e}).Debug("devmapper ioctl: injected fault")
+			return nil, &Error{Op: r.op, Name: r.name, Errno: e}
+		}
+	}
 	out, err := do(c.fd, r)
 	c.log.WithFields(logrus.Fields{"op": r.op, "name": r.name, "err": err}).Debug("devmapper ioctl")
 	return out, err

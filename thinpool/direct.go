@@ -50,6 +50,11 @@ var keyDeviceUUID = []byte("device-uuid")
 // crash the process at a step of Open itself.
 var openHook func(step string)
 
+// openFault, when set, is given to the device-mapper client of every Pool
+// Open makes (devmapper.Options.Fault), so that tests can fail an ioctl
+// of Open itself.
+var openFault func(op, name string) unix.Errno
+
 // directDevice is the state of a pool on a whole device.
 type directDevice struct {
 	path  string
@@ -294,6 +299,7 @@ func (p *Pool) ensureLinear(name string, off, length int64) (devmapper.Dev, erro
 	if err != nil {
 		return devmapper.Dev{}, fmt.Errorf("thinpool: create %q: %w", name, err)
 	}
+	p.made = append(p.made, name)
 	return info.Dev, nil
 }
 

@@ -55,6 +55,9 @@ type Pool struct {
 	// space is the free-space guard of creates (space.go).
 	space spaceGuard
 
+	// made names the devices Open made (pool, linear devices), in order,
+	// for Open to remove if it fails.
+	made []string
 	// pending names the records recovery found waiting for deletion.
 	pending []string
 	// strays are dm devices of the pool that recovery could neither remove
@@ -117,7 +120,7 @@ func Open(ctx context.Context, opts Options) (_ *Pool, err error) {
 
 	openDM := func() (*devmapper.Client, error) {
 		if p.dm == nil {
-			c, err := devmapper.Open(devmapper.Options{NodeDir: opts.DeviceDir, Logger: opts.Logger})
+			c, err := devmapper.Open(devmapper.Options{NodeDir: opts.DeviceDir, Logger: opts.Logger, Fault: openFault})
 			if err != nil {
 				return nil, fmt.Errorf("thinpool: %w", err)
 			}
@@ -133,6 +136,17 @@ func Open(ctx context.Context, opts Options) (_ *Pool, err error) {
 	if _, err := openDM(); err != nil {
 		return nil, err
 	}
+	// What this Open made in the kernel goes again if it fails: the pool
+	// device, then the devices under it.
+	cleanup = append(cleanup, func() error {
+		var errs []error
+		for i := len(p.made) - 1; i >= 0; i-- {
+			if err := p.dm.Remove(p.made[i], devmapper.RemoveOptions{}); err != nil && !devmapper.IsNotFound(err) {
+				errs = append(errs, fmt.Errorf("thinpool: remove %q made by the failed open: %w", p.made[i], err))
+			}
+		}
+		return errors.Join(errs...)
+	})
 
 	if err := p.initPrefix(); err != nil {
 		return nil, err
@@ -169,6 +183,7 @@ func Open(ctx context.Context, opts Options) (_ *Pool, err error) {
 		p.startAutoGrow()
 	}
 	p.armSpace(false)
+	p.made = nil // kept from now on
 	return p, nil
 }
 

@@ -264,6 +264,7 @@ func (p *Pool) ensurePool(md, dd devmapper.Dev) error {
 	}
 	p.dev = info.Dev
 	p.blockSize = bs
+	p.made = append(p.made, p.name)
 	p.step("pool:created")
 	p.log.WithFields(map[string]any{"pool": p.name, "data": dd, "metadata": md}).Info("thin pool created")
 	return nil
