@@ -9,7 +9,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	logtest "github.com/sirupsen/logrus/hooks/test"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
@@ -305,4 +307,96 @@ func TestDirectOpenUndo(t *testing.T) {
 			writeFile(t, path, 0, pattern(9, MiB))
 		})
 	}
+}
+
+// The growth loop retries a growth whose reload failed: a writer that
+// outruns the pool meanwhile waits (its writes are queued) and succeeds,
+// the failure is logged once, and the pool ends up grown.
+func TestAutoGrowRetriesAfterAFailedReload(t *testing.T) {
+	old := autoGrowInterval
+	autoGrowInterval = 200 * time.Millisecond
+	t.Cleanup(func() { autoGrowInterval = old })
+	logger, hook := logtest.NewNullLogger()
+	tp := openPool(t, growOptions(logger, AutoGrow{ThresholdPercent: 50, StepPercent: 100, MaxDataSize: 512 * MiB}))
+	ctx := context.Background()
+	_, err := tp.Create(ctx, "big", 256*MiB)
+	require.NoError(t, err)
+	path, err := tp.Activate(ctx, "big")
+	require.NoError(t, err)
+	f := &faults{}
+	f.fail("DM_TABLE_LOAD", tp.name, 2)
+	injectFaults(t, tp.Pool, f)
+
+	n, err := directWrite(t, path, 0, 96*MiB, MiB)
+	require.NoError(t, err, "after %d MiB", n/MiB)
+	assert.Equal(t, 2, f.hits, "both injected failures were met")
+	assert.Equal(t, 1, logged(hook, "thin pool auto-grow"), "the same failure is logged once")
+	st, err := tp.Status(ctx)
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, st.DataTotal, int64(96*MiB))
+	assert.Equal(t, devmapper.PoolReadWrite, st.Mode)
+	fi, err := os.Stat(tp.dataPath)
+	require.NoError(t, err)
+	assert.Equal(t, st.DataTotal, fi.Size(), "the table covers the whole data file")
+	assert.Equal(t, pattern(byte(50), MiB), readFile(t, path, 50*MiB, MiB))
+}
+
+// Retire of an active device whose rename fails deactivates it instead:
+// the name is free, the tombstone holds the thin id for the caller's
+// Delete.
+func TestRetireDeactivatesWhenRenameFails(t *testing.T) {
+	tp := openPool(t, nil)
+	ctx := context.Background()
+	_, err := tp.Create(ctx, "x", 16*MiB)
+	require.NoError(t, err)
+	_, err = tp.Activate(ctx, "x")
+	require.NoError(t, err)
+	f := &faults{}
+	f.fail("DM_DEV_RENAME", tp.dmName("x"), 1)
+	stop := injectFaults(t, tp.Pool, f)
+	d, err := tp.Retire(ctx, "x", RetireOptions{})
+	require.NoError(t, err)
+	stop()
+	assert.Equal(t, 1, f.hits)
+	requireNoDM(t, tp.Pool, "x")
+	_, err = tp.Get("x")
+	assert.ErrorIs(t, err, ErrNotFound, "the name is free")
+	_, err = tp.Create(ctx, "x", 16*MiB)
+	require.NoError(t, err)
+	require.NoError(t, tp.Delete(ctx, d.Name, DeleteOptions{Discard: true}))
+	assertPoolMatchesRecords(t, tp.Pool)
+}
+
+// A stray device Open cannot remove is reported, not fatal; the next
+// Open removes it.
+func TestOpenReportsStrayItCannotRemove(t *testing.T) {
+	tp := openPool(t, nil)
+	ctx := context.Background()
+	opts := tp.opts
+	stray := tp.prefix + "-stray"
+	_, err := tp.dm.Activate(stray, "", devmapper.Table{{Length: 8, Params: devmapper.RawParams{Type: "error"}}}, false)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = tp.dm.Remove(stray, devmapper.RemoveOptions{}) })
+	require.NoError(t, tp.Close())
+	f := &faults{}
+	f.fail("DM_DEV_REMOVE", stray, 100)
+	openFault = f.fault
+	p, err := Open(ctx, opts)
+	openFault = nil
+	require.NoError(t, err, "a stray that cannot be removed does not stop Open")
+	tp.Pool = p
+	st, err := p.Status(ctx)
+	require.NoError(t, err)
+	require.Len(t, st.FaultyDevices, 1)
+	assert.Equal(t, stray, st.FaultyDevices[0].Name)
+	assert.Contains(t, st.FaultyDevices[0].Reason, "input/output error")
+	require.NoError(t, p.Close())
+	p, err = Open(ctx, opts)
+	require.NoError(t, err)
+	tp.Pool = p
+	st, err = p.Status(ctx)
+	require.NoError(t, err)
+	assert.Empty(t, st.FaultyDevices)
+	_, err = p.dm.Info(stray)
+	assert.True(t, devmapper.IsNotFound(err), "the next Open removed the stray")
 }
