@@ -181,7 +181,7 @@ func checkOnce(ctx context.Context, p *Pool, active bool) (CheckReport, error) {
 	if !active && !p.external && fileExists(p.metaPath) {
 		inactivePath = p.metaPath
 	}
-	mr, err := newMetaReader(p.dm, poolName, inactivePath)
+	mr, err := newMetaReader(p.dm, p.opts.Root, poolName, inactivePath)
 	if err == nil {
 		ids, err = mr.thinIDs(ctx)
 		err = errors.Join(err, mr.close())
@@ -307,7 +307,7 @@ func (in *Inspector) Usage(ctx context.Context, names ...string) ([]Usage, error
 	} else if !in.p.external && fileExists(in.p.metaPath) {
 		inactivePath = in.p.metaPath
 	}
-	mr, err := newMetaReader(in.dm, poolName, inactivePath)
+	mr, err := newMetaReader(in.dm, in.root, poolName, inactivePath)
 	var usage map[uint32]ThinUsage
 	if err == nil {
 		usage, err = mr.usage(ctx)

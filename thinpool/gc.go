@@ -138,7 +138,7 @@ const discardChunk = 256 << 20
 // discardThinLocked maps thin id id into a scratch device as long as its
 // highest mapped block and discards it in chunks. Callers hold msgMu.
 func (p *Pool) discardThinLocked(ctx context.Context, id uint32, progress func(string, int64, int64)) (err error) {
-	mr, err := newMetaReader(p.dm, p.name, "")
+	mr, err := newMetaReader(p.dm, p.opts.Root, p.name, "")
 	if err != nil {
 		return err
 	}

@@ -12,10 +12,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/dmthin/dmthin/devmapper"
+	"github.com/dmthin/dmthin/internal/retry"
 	"github.com/dmthin/dmthin/internal/toolexec"
 )
 
@@ -117,6 +119,7 @@ func parseThinLs(out []byte) (map[uint32]ThinUsage, error) {
 // device itself when it is not (nothing else has it open then).
 type metaReader struct {
 	dm   *devmapper.Client
+	root string // the pool's Root, where the snapshot's lock file is
 	pool string // active pool device, "" when not active
 	path string // metadata file or device node
 	// cleanup removes the node made for path, if any.
@@ -125,8 +128,8 @@ type metaReader struct {
 
 // newMetaReader finds where the metadata of the active pool device pool is
 // ("" for none; then inactivePath, when known, is read directly).
-func newMetaReader(dm *devmapper.Client, pool, inactivePath string) (*metaReader, error) {
-	r := &metaReader{dm: dm, pool: pool, path: inactivePath, cleanup: func() error { return nil }}
+func newMetaReader(dm *devmapper.Client, root, pool, inactivePath string) (*metaReader, error) {
+	r := &metaReader{dm: dm, root: root, pool: pool, path: inactivePath, cleanup: func() error { return nil }}
 	if pool == "" {
 		if inactivePath == "" {
 			return nil, errors.New("thinpool: the pool is not active and its metadata device is unknown")
@@ -176,18 +179,89 @@ func (r *metaReader) run(ctx context.Context, tool string, args ...string) (out 
 	if _, err := lookTool(tool); err != nil {
 		return nil, err
 	}
-	if _, err := r.dm.Message(r.pool, 0, "reserve_metadata_snap"); err != nil {
-		if errors.Is(err, unix.EBUSY) {
-			return nil, fmt.Errorf("%w (%s; another check is running, or a killed one left it: dmsetup message %s 0 release_metadata_snap): %w", ErrSnapshotHeld, r.pool, r.pool, err)
-		}
-		return nil, fmt.Errorf("thinpool: reserve metadata snapshot of %s: %w", r.pool, err)
+	unlock, err := lockMetadataSnapshot(r.root)
+	if err != nil {
+		return nil, fmt.Errorf("%w (%s; another check is running): %w", ErrSnapshotHeld, r.pool, err)
+	}
+	defer unlock()
+	if err := reserveMetadataSnapshot(ctx, r.dm, r.pool); err != nil {
+		return nil, err
 	}
 	defer func() {
-		if _, rerr := r.dm.Message(r.pool, 0, "release_metadata_snap"); rerr != nil {
-			err = errors.Join(err, fmt.Errorf("thinpool: release metadata snapshot of %s: %w", r.pool, rerr))
+		if rerr := releaseMetadataSnapshot(ctx, r.dm, r.pool); rerr != nil {
+			err = errors.Join(err, rerr)
 		}
 	}()
 	return runTool(ctx, tool, append(append([]string{"--metadata-snap"}, args...), r.path)...)
+}
+
+// A metadata snapshot is the pool's, not a process's: a reader killed while
+// it holds one leaves it held, and every later reader would be refused
+// (EBUSY) while the pool keeps the old metadata blocks for it. So the
+// reader that holds one also holds an flock on metasnapLock under the
+// pool's Root; a snapshot held while that lock is free was left behind,
+// and the next reader (or Open) releases it.
+const metasnapLock = "metasnap.lock"
+
+// lockMetadataSnapshot takes the snapshot's lock without waiting.
+func lockMetadataSnapshot(root string) (unlock func(), err error) {
+	f, err := os.OpenFile(filepath.Join(root, metasnapLock), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		return nil, errors.Join(fmt.Errorf("flock %s: %w", f.Name(), err), f.Close())
+	}
+	return func() { _ = f.Close() }, nil
+}
+
+// snapshotRetry bounds the retries of a reserve or release that fails.
+var snapshotRetry = retry.Policy{Tries: 3, Base: 10 * time.Millisecond}
+
+// reserveMetadataSnapshot reserves one; a snapshot left by a reader that
+// died (the caller holds the lock) is released first.
+func reserveMetadataSnapshot(ctx context.Context, dm *devmapper.Client, pool string) error {
+	_, err := dm.Message(pool, 0, "reserve_metadata_snap")
+	if errors.Is(err, unix.EBUSY) {
+		if rerr := releaseMetadataSnapshot(ctx, dm, pool); rerr != nil {
+			return errors.Join(fmt.Errorf("%w (%s): %w", ErrSnapshotHeld, pool, err), rerr)
+		}
+		_, err = dm.Message(pool, 0, "reserve_metadata_snap")
+	}
+	if err != nil {
+		return fmt.Errorf("thinpool: reserve metadata snapshot of %s: %w", pool, err)
+	}
+	return nil
+}
+
+// releaseMetadataSnapshot releases the pool's metadata snapshot, retrying.
+func releaseMetadataSnapshot(ctx context.Context, dm *devmapper.Client, pool string) error {
+	err := retry.Do(ctx, snapshotRetry, func(error) bool { return true }, func() error {
+		_, err := dm.Message(pool, 0, "release_metadata_snap")
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("thinpool: release metadata snapshot of %s: %w", pool, err)
+	}
+	return nil
+}
+
+// releaseLeftSnapshot releases a metadata snapshot of the pool that no
+// reader holds (one a killed check left), at Open.
+func (p *Pool) releaseLeftSnapshot(ctx context.Context, ps devmapper.ThinPoolStatus) {
+	if ps.HeldMetadataRoot == nil {
+		return
+	}
+	unlock, err := lockMetadataSnapshot(p.opts.Root)
+	if err != nil {
+		return // a check is running
+	}
+	defer unlock()
+	if err := releaseMetadataSnapshot(ctx, p.dm, p.name); err != nil {
+		p.log.WithError(err).Warn("recovery: a metadata snapshot a killed check left could not be released")
+		return
+	}
+	p.log.Info("recovery: released a metadata snapshot a killed check left")
 }
 
 // thinIDs lists the thin ids the metadata holds, sorted.

@@ -21,6 +21,7 @@ func (p *Pool) recover(ctx context.Context) error {
 	if ps.Mode == devmapper.PoolFailed || ps.Mode == devmapper.PoolError {
 		return fmt.Errorf("thinpool: pool %q has failed (status %s); run thin_check on its metadata", p.name, ps.Mode)
 	}
+	p.releaseLeftSnapshot(ctx, ps)
 	k := ps.TransactionID
 	agreed, issued, err := p.st.txIDs()
 	if err != nil {

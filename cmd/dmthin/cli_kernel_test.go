@@ -16,6 +16,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/dmthin/dmthin/devmapper"
 	"github.com/dmthin/dmthin/internal/testenv"
@@ -540,19 +541,27 @@ func TestCheckAndGCOrphans(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, recIDs, ids)
 
-	// A snapshot a killed check left held: check says so, status shows
-	// it.
+	// A snapshot held while a check runs (it holds the snapshot's lock):
+	// check says so, status shows it.
 	_, err = dm.Message(p.Name(), 0, "reserve_metadata_snap")
 	require.NoError(t, err)
+	lock, err := os.OpenFile(filepath.Join(root, "metasnap.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	require.NoError(t, err)
+	require.NoError(t, unix.Flock(int(lock.Fd()), unix.LOCK_EX))
 	r = runCLI(t, "", "check", "--root", root)
 	assert.Equal(t, exitIncomplete, r.code)
 	assert.Contains(t, r.stdout, "holds a metadata snapshot already")
-	assert.Contains(t, r.stdout, "release_metadata_snap")
+	assert.Contains(t, r.stdout, "another check is running")
 	assert.Contains(t, r.stdout, "INCOMPLETE")
 	rep = decode[thinpool.Report](t, runCLI(t, "", "status", "--root", root, "--json"))
 	assert.True(t, rep.MetadataSnapshotHeld)
-	_, err = dm.Message(p.Name(), 0, "release_metadata_snap")
-	require.NoError(t, err)
+	// The check dies: its lock goes, the snapshot stays. The next check
+	// releases it and is complete.
+	require.NoError(t, lock.Close())
+	r = runCLI(t, "", "check", "--root", root)
+	assert.Equal(t, exitOK, r.code, "a snapshot a killed check left is released")
+	rep = decode[thinpool.Report](t, runCLI(t, "", "status", "--root", root, "--json"))
+	assert.False(t, rep.MetadataSnapshotHeld)
 
 	// grow of a pool that is active but held by nobody (an engine that
 	// died): the pool is reloaded online, its low-water mark kept (not
