@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -34,6 +35,9 @@ type sweepCase struct {
 	op    func(ctx context.Context, p *Pool) error
 	// after checks the pool after a fault-free retry of op, when set.
 	after func(t *testing.T, p *Pool)
+	// orphans: setup leaves orphans that only op removes; before op is
+	// done again, the records and thin ids need not agree.
+	orphans bool
 }
 
 func sweepOrigin(t *testing.T, p *Pool) {
@@ -96,6 +100,59 @@ var sweepCases = []sweepCase{
 	{name: "shutdown", setup: sweepOrigin, op: func(ctx context.Context, p *Pool) error {
 		return p.Shutdown(ctx)
 	}},
+	{name: "gc", setup: sweepOrphans, orphans: true, op: func(ctx context.Context, p *Pool) error {
+		rep, err := p.Check(ctx)
+		if err != nil {
+			return err
+		}
+		_, err = p.RemoveOrphans(ctx, rep.Findings, GCOptions{Discard: true})
+		return err
+	}, after: func(t *testing.T, p *Pool) {
+		rep, err := p.Check(context.Background())
+		require.NoError(t, err)
+		assert.True(t, rep.Healthy(), "%+v", rep)
+	}},
+	{name: "deferred-delete", setup: func(t *testing.T, p *Pool) {
+		sweepOrigin(t, p)
+		f, err := os.Open(p.dm.NodePath(p.dmName("origin")))
+		require.NoError(t, err)
+		sweepHeld = f
+		t.Cleanup(func() { _ = f.Close() })
+	}, op: func(ctx context.Context, p *Pool) error {
+		if err := p.Delete(ctx, "origin", DeleteOptions{Deferred: true}); err != nil {
+			return err
+		}
+		if sweepHeld != nil {
+			_ = sweepHeld.Close()
+			sweepHeld = nil
+		}
+		return p.ProcessDeferred(ctx)
+	}},
+}
+
+// sweepHeld is the node deferred-delete's setup holds open.
+var sweepHeld *os.File
+
+// sweepOrphans leaves the three kinds of orphans check finds: a thin id
+// no record names (a snapshot of origin made behind the pool's back, with
+// blocks to discard), a record whose thin id is gone, a dm device with the
+// pool's prefix and no record.
+func sweepOrphans(t *testing.T, p *Pool) {
+	t.Helper()
+	sweepOrigin(t, p)
+	ctx := context.Background()
+	o, err := p.Get("origin")
+	require.NoError(t, err)
+	_, err = p.dm.Message(p.name, 0, fmt.Sprintf("create_snap %d %d", 4242, o.ID))
+	require.NoError(t, err)
+	_, err = p.Create(ctx, "lost", 16*MiB)
+	require.NoError(t, err)
+	l, err := p.Get("lost")
+	require.NoError(t, err)
+	_, err = p.dm.Message(p.name, 0, fmt.Sprintf("delete %d", l.ID))
+	require.NoError(t, err)
+	_, err = p.dm.Activate(p.prefix+"-stray", "", devmapper.Table{{Length: 8, Params: devmapper.RawParams{Type: "error"}}}, false)
+	require.NoError(t, err)
 }
 
 // nthFault fails the n-th ioctl it is asked about (n from 1; 0 fails
@@ -178,7 +235,10 @@ func runSweep(t *testing.T, sc sweepCase, f *nthFault) error {
 	p, err := Open(ctx, opts)
 	require.NoError(t, err, "Open after the failure (%v)", opErr)
 	tp.Pool = p
-	assertSettled(t, p)
+	assertSettledKernel(t, p)
+	if !sc.orphans {
+		assertSettled(t, p)
+	}
 	if err := sc.op(ctx, p); err != nil && !errors.Is(err, ErrExists) && !errors.Is(err, ErrNotFound) {
 		// Done already (create, delete), or done now.
 		require.NoError(t, err, "the operation again, without a fault")
@@ -200,6 +260,24 @@ func runSweep(t *testing.T, sc sweepCase, f *nthFault) error {
 // the pool's thin ids agree.
 func assertSettled(t *testing.T, p *Pool) {
 	t.Helper()
+	assertSettledKernel(t, p)
+	st, err := p.Status(context.Background())
+	require.NoError(t, err)
+	assert.Empty(t, st.FaultyDevices)
+	assert.Equal(t, devmapper.PoolReadWrite, st.Mode)
+	recs, err := p.st.all()
+	require.NoError(t, err)
+	for _, r := range recs {
+		// A deferred delete waits for its opener.
+		assert.Contains(t, []State{StateReady, StateRetired, StateDeferredDelete}, r.State, "record %q settled", r.Name)
+	}
+	assertPoolMatchesRecords(t, p)
+}
+
+// assertSettledKernel checks that no device of the pool is suspended, has
+// an inactive table, or lacks a live table.
+func assertSettledKernel(t *testing.T, p *Pool) {
+	t.Helper()
 	live, err := p.dm.List()
 	require.NoError(t, err)
 	for _, l := range live {
@@ -212,16 +290,6 @@ func assertSettled(t *testing.T, p *Pool) {
 		assert.False(t, info.InactiveTable, "%s has an inactive table", l.Name)
 		assert.True(t, info.LiveTable, "%s has no live table", l.Name)
 	}
-	st, err := p.Status(context.Background())
-	require.NoError(t, err)
-	assert.Empty(t, st.FaultyDevices)
-	assert.Equal(t, devmapper.PoolReadWrite, st.Mode)
-	recs, err := p.st.all()
-	require.NoError(t, err)
-	for _, r := range recs {
-		assert.Contains(t, []State{StateReady, StateRetired}, r.State, "record %q settled", r.Name)
-	}
-	assertPoolMatchesRecords(t, p)
 }
 
 // TestEveryIoctlFailureOfOpen does the same for Open itself: of a new
@@ -265,6 +333,26 @@ func TestEveryIoctlFailureOfOpen(t *testing.T) {
 		}},
 		{"left-active", func(t *testing.T) Options { return withRecords(t, false) }},
 		{"shut-down", func(t *testing.T) Options { return withRecords(t, true) }},
+		{"loop-files-grown", func(t *testing.T) Options {
+			opts := withRecords(t, true)
+			opts.LoopDataSize, opts.LoopMetadataSize = 768*MiB, 24*MiB
+			return opts
+		}},
+		{"whole-disk-grown", func(t *testing.T) Options {
+			d := newDisk(t, 256*MiB)
+			opts := directOptions(t, d.loop.Path())
+			p, err := Open(ctx, opts)
+			require.NoError(t, err)
+			sweepOrigin(t, p)
+			require.NoError(t, p.Close())
+			d.grow(t, 384*MiB)
+			t.Cleanup(func() {
+				if p, err := Open(ctx, opts); err == nil {
+					assert.NoError(t, p.Shutdown(ctx))
+				}
+			})
+			return opts
+		}},
 		{"whole-disk-new", func(t *testing.T) Options {
 			d := newDisk(t, 256*MiB)
 			opts := directOptions(t, d.loop.Path())

@@ -254,3 +254,34 @@ func TestDirectSettlesAndRefuses(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, data, readFile(t, path, 0, MiB))
 }
+
+// A metadata snapshot a killed check left held (nobody holds its lock) is
+// released by Open; one a running check holds (its lock held) is not.
+func TestOpenReleasesLeftMetadataSnapshot(t *testing.T) {
+	tp := openPool(t, nil)
+	ctx := context.Background()
+	opts := tp.opts
+	held := func() bool {
+		ps, err := tp.poolStatus()
+		require.NoError(t, err)
+		return ps.HeldMetadataRoot != nil
+	}
+	_, err := tp.dm.Message(tp.name, 0, "reserve_metadata_snap")
+	require.NoError(t, err)
+	unlock, err := lockMetadataSnapshot(opts.Root)
+	require.NoError(t, err)
+	require.NoError(t, tp.Close())
+	p, err := Open(ctx, opts)
+	require.NoError(t, err)
+	tp.Pool = p
+	assert.True(t, held(), "a running check's snapshot is left alone")
+	unlock()
+	require.NoError(t, p.Close())
+	p, err = Open(ctx, opts)
+	require.NoError(t, err)
+	tp.Pool = p
+	assert.False(t, held(), "Open released the snapshot a killed check left")
+	rep, err := p.Check(ctx)
+	require.NoError(t, err)
+	assert.True(t, rep.Healthy(), "%+v", rep)
+}
