@@ -418,3 +418,91 @@ func dmSet(t *testing.T) map[string]bool {
 	}
 	return set
 }
+
+// TestEveryIoctlFailureOfTheInspector fails each ioctl of the operator's
+// read-only views (status report, check, usage, options) in turn: the view
+// returns an error that keeps the errno (or what it could read), and it
+// leaves the pool as it was: no metadata snapshot held, nothing suspended,
+// and a check without faults is healthy.
+func TestEveryIoctlFailureOfTheInspector(t *testing.T) {
+	ctx := context.Background()
+	views := []struct {
+		name string
+		run  func(in *Inspector) error
+	}{
+		{"report", func(in *Inspector) error { _, err := in.Report(ctx); return err }},
+		{"check", func(in *Inspector) error { _, err := in.Check(ctx); return err }},
+		{"usage", func(in *Inspector) error {
+			u, err := in.Usage(ctx, "origin", "snap")
+			if err == nil {
+				for _, x := range u {
+					if !x.Known {
+						return errors.New(x.UsageError)
+					}
+				}
+			}
+			return err
+		}},
+		{"options", func(in *Inspector) error { _, err := in.Options(); return err }},
+	}
+	for _, live := range []bool{false, true} {
+		for _, v := range views {
+			sub := v.name + "/stopped"
+			if live {
+				sub = v.name + "/live"
+			}
+			t.Run(sub, func(t *testing.T) {
+				tp := openPool(t, nil)
+				sweepOrigin(t, tp.Pool)
+				_, err := tp.Snapshot(ctx, "snap", "origin", 0)
+				require.NoError(t, err)
+				opts, name, prefix := tp.opts, tp.name, tp.prefix
+				dm, err := devmapper.Open(devmapper.Options{})
+				require.NoError(t, err)
+				defer dm.Close()
+				if !live {
+					require.NoError(t, tp.Close())
+				}
+				view := func(f *nthFault) error {
+					in, err := Inspect(InspectOptions{Root: opts.Root})
+					require.NoError(t, err)
+					c, err := devmapper.Open(devmapper.Options{Fault: f.fault})
+					require.NoError(t, err)
+					f.arm()
+					own := in.dm
+					in.dm, in.p.dm = c, c
+					verr := v.run(in)
+					in.dm, in.p.dm = own, own
+					require.NoError(t, c.Close())
+					require.NoError(t, in.Close())
+					return verr
+				}
+				count := &nthFault{}
+				require.NoError(t, view(count))
+				for i := range count.calls {
+					f := &nthFault{n: i + 1}
+					err := view(f)
+					require.GreaterOrEqual(t, len(f.calls), f.n, "fewer ioctls than the first time")
+					if err != nil && !strings.Contains(err.Error(), "input/output error") {
+						assert.ErrorIs(t, err, unix.EIO, "the failure of %s keeps its errno", count.calls[i])
+					}
+					lines, err := dm.Status(name, devmapper.StatusOptions{NoFlush: true})
+					require.NoError(t, err)
+					ps, err := devmapper.ParseThinPoolStatus(lines[0].Params)
+					require.NoError(t, err)
+					assert.Nil(t, ps.HeldMetadataRoot, "a metadata snapshot left after the failure of %s", count.calls[i])
+					for _, n := range []string{name, prefix + "-origin"} {
+						info, err := dm.Info(n)
+						require.NoError(t, err)
+						assert.False(t, info.Suspended || info.InactiveTable, "%s after the failure of %s", n, count.calls[i])
+					}
+				}
+				in, err := Inspect(InspectOptions{Root: opts.Root})
+				require.NoError(t, err)
+				rep, err := in.Check(ctx)
+				require.NoError(t, errors.Join(err, in.Close()))
+				assert.True(t, rep.Healthy(), "%+v", rep)
+			})
+		}
+	}
+}
