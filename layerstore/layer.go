@@ -167,6 +167,10 @@ func (s *Store) Remove(ctx context.Context, name string) error {
 	}
 	if !usable(info) && !deleting(info) {
 		if err := s.dropLocked(ctx, name, s.opts.Discard); err != nil {
+			if errors.Is(err, thinpool.ErrBusy) && !errors.Is(err, ErrBusy) {
+				// Held elsewhere: ErrBusy, as for any layer.
+				return fmt.Errorf("%w: remove %q: %w", ErrBusy, name, err)
+			}
 			return fmt.Errorf("layerstore: remove %q: %w", name, err)
 		}
 		return nil
