@@ -21,6 +21,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -135,7 +136,7 @@ func lockHolders(path string) ([]int, error) {
 // "1: FLOCK  ADVISORY  WRITE 1234 00:2a:5678 0 EOF" (a blocked waiter's
 // line has "->" after the number) and returns the pids holding a lock on
 // the inode ino of device maj:min.
-func parseLockHolders(r interface{ Read([]byte) (int, error) }, maj, min uint32, ino uint64) ([]int, error) {
+func parseLockHolders(r io.Reader, maj, min uint32, ino uint64) ([]int, error) {
 	want := fmt.Sprintf("%02x:%02x:%d", maj, min, ino)
 	var pids []int
 	sc := bufio.NewScanner(r)
