@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/docker/go-units"
 	"github.com/stretchr/testify/assert"
@@ -396,4 +397,41 @@ func TestOpenSettlesLayers(t *testing.T) {
 	_, err = s.Pool().Lookup(DeviceName("held"))
 	assert.ErrorIs(t, err, thinpool.ErrNotFound)
 	closeAndCheckIDs(t, s)
+}
+
+// A half-made base that is still held open when Open starts (the mkfs of
+// the run that was killed is exiting, or a blkid of udev's) is waited
+// for, within a bound, instead of failing Open with ErrBusy.
+func TestOpenWaitsForTheLastOpenerOfAHalfMadeBase(t *testing.T) {
+	testenv.RequireDM(t)
+	ctx := context.Background()
+	o := testOptions(t)
+	s, err := Open(ctx, o)
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
+	require.NoError(t, os.Remove(filepath.Join(o.Root, baseRecordFile)))
+	popts := o.Pool
+	popts.Root = o.Root
+	p, err := thinpool.Open(ctx, popts)
+	require.NoError(t, err)
+	require.NoError(t, p.SetLabels(ctx, BaseDevice, stateLabels(StateIncomplete)))
+	node, err := p.Activate(ctx, BaseDevice)
+	require.NoError(t, err)
+	holder, err := os.Open(node)
+	require.NoError(t, err)
+	require.NoError(t, p.Close())
+	const held = 1500 * time.Millisecond
+	released := make(chan struct{})
+	go func() {
+		time.Sleep(held)
+		_ = holder.Close()
+		close(released)
+	}()
+	start := time.Now()
+	s, err = Open(ctx, o)
+	<-released
+	require.NoError(t, err, "Open waits for the half-made base's last opener")
+	assert.GreaterOrEqual(t, time.Since(start), held-100*time.Millisecond)
+	require.NoError(t, s.Create(ctx, "a", "", 0))
+	require.NoError(t, s.Close())
 }
