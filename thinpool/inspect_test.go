@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -122,6 +123,20 @@ func TestParseThinDumpAndThinLs(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, ids)
 	_, err = parseThinDumpIDs([]byte("bad checksum in superblock\n"))
+	assert.Error(t, err)
+	// Numbers past 64 bits are refused, naming the element; so is output
+	// with no superblock.
+	sb := "<superblock uuid=\"\" time=\"1\">\n  <device dev_id=\"1\" mapped_blocks=\"1\">\n%s\n  </device>\n</superblock>\n"
+	for _, bad := range []string{
+		`<range_mapping origin_begin="99999999999999999999" data_begin="0" length="1" time="0"/>`,
+		`<range_mapping origin_begin="0" data_begin="0" length="99999999999999999999" time="0"/>`,
+		`<single_mapping origin_block="99999999999999999999" data_block="0" time="0"/>`,
+	} {
+		_, err := parseThinDumpExtent([]byte(fmt.Sprintf(sb, bad)))
+		assert.ErrorContains(t, err, "thin_dump", bad)
+		assert.ErrorIs(t, err, strconv.ErrRange, bad)
+	}
+	_, err = parseThinDumpExtent([]byte("bad checksum in superblock\n"))
 	assert.Error(t, err)
 
 	u, err := parseThinLs([]byte("1 655360      0 655360 \n7 786432 131072 655360 \n"))

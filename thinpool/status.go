@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -87,10 +88,14 @@ func (p *Pool) status() (Status, error) {
 	if err != nil {
 		return s, err
 	}
+	explained := make(map[string]bool, len(recs))
 	for _, r := range recs {
 		s.Devices++
 		if r.Retired != "" {
 			s.Retired++
+		}
+		if r.State == StateReady || r.State == StateDeferredDelete {
+			explained[p.dmName(r.Name)] = true
 		}
 		switch r.State {
 		case StateDeferredDelete:
@@ -100,7 +105,16 @@ func (p *Pool) status() (Status, error) {
 			s.FaultyDevices = append(s.FaultyDevices, FaultyDevice{Name: r.Name, Reason: r.Fault})
 		}
 	}
-	s.FaultyDevices = append(s.FaultyDevices, p.strays...)
+	// What recovery could not remove, while it is still there and no
+	// record has taken its name since.
+	for _, f := range p.strays {
+		if listed := !strings.HasSuffix(f.Name, "-*"); listed {
+			if _, err := p.dm.Info(f.Name); devmapper.IsNotFound(err) || explained[f.Name] {
+				continue
+			}
+		}
+		s.FaultyDevices = append(s.FaultyDevices, f)
+	}
 	return s, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -399,4 +400,62 @@ func TestOpenReportsStrayItCannotRemove(t *testing.T) {
 	assert.Empty(t, st.FaultyDevices)
 	_, err = p.dm.Info(stray)
 	assert.True(t, devmapper.IsNotFound(err), "the next Open removed the stray")
+}
+
+// A record Open cannot settle (the probe of its thin id fails, the delete
+// it must finish fails) is marked faulty with the reason and Open starts
+// anyway, as an engine must: the device is reported (Status), never
+// handed out, and Delete removes it once the kernel answers again.
+func TestOpenMarksWhatItCannotSettleFaulty(t *testing.T) {
+	tp := openPool(t, nil)
+	ctx := context.Background()
+	opts := tp.opts
+	_, err := tp.Create(ctx, "creating", 16*MiB)
+	require.NoError(t, err)
+	_, err = tp.Create(ctx, "deleting", 16*MiB)
+	require.NoError(t, err)
+	_, err = tp.Activate(ctx, "deleting")
+	require.NoError(t, err)
+	// What crashes leave: a create whose outcome was not recorded, a
+	// delete that was marked and not done.
+	for name, st := range map[string]State{"creating": StateCreating, "deleting": StateDeleting} {
+		rec, err := tp.st.get(name)
+		require.NoError(t, err)
+		rec.State = st
+		require.NoError(t, tp.st.update(func(tx txn) error { return putRecord(tx, rec) }))
+	}
+	require.NoError(t, tp.Close())
+
+	// The pool keeps its client: the fault is switched off after Open.
+	var on atomic.Bool
+	on.Store(true)
+	openFault = func(op, name string) unix.Errno {
+		if !on.Load() {
+			return 0
+		}
+		if (op == "DM_DEV_CREATE" && strings.Contains(name, "-probe-")) || (op == "DM_DEV_REMOVE" && strings.HasSuffix(name, "-deleting")) {
+			return unix.EIO
+		}
+		return 0
+	}
+	p, err := Open(ctx, opts)
+	openFault = nil
+	on.Store(false)
+	require.NoError(t, err, "Open starts with devices it cannot settle")
+	tp.Pool = p
+	st, err := p.Status(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 2, st.Faulty)
+	for _, name := range []string{"creating", "deleting"} {
+		d, err := p.Get(name)
+		require.NoError(t, err)
+		assert.Equal(t, StateFaulty, d.State, name)
+		assert.Contains(t, d.Fault, "input/output error", name)
+		_, err = p.Activate(ctx, name)
+		assert.Error(t, err, "a faulty device is not handed out: %s", name)
+	}
+	for _, name := range []string{"creating", "deleting"} {
+		require.NoError(t, p.Delete(ctx, name, DeleteOptions{}), "a faulty device can be deleted")
+	}
+	assertSettled(t, p)
 }
