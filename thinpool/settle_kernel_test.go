@@ -285,3 +285,54 @@ func TestOpenReleasesLeftMetadataSnapshot(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, rep.Healthy(), "%+v", rep)
 }
+
+// gc with discard of an orphan thin id that maps no block: nothing to
+// discard, the id is deleted.
+func TestRemoveEmptyOrphanWithDiscard(t *testing.T) {
+	tp := openPool(t, nil)
+	ctx := context.Background()
+	_, err := tp.dm.Message(tp.name, 0, "create_thin 4343")
+	require.NoError(t, err)
+	rep, err := tp.Check(ctx)
+	require.NoError(t, err)
+	require.Len(t, rep.Orphans(), 1)
+	removed, err := tp.RemoveOrphans(ctx, rep.Orphans(), GCOptions{Discard: true, Progress: func(string, int64, int64) {
+		t.Error("no progress for an orphan with nothing to discard")
+	}})
+	require.NoError(t, err)
+	assert.Len(t, removed, 1)
+	rep, err = tp.Check(ctx)
+	require.NoError(t, err)
+	assert.True(t, rep.Healthy(), "%+v", rep)
+}
+
+// A whole disk whose label was changed or wiped while the pool's own
+// devices hold it (someone wrote to the disk under a running pool): Open
+// refuses, naming what it found, and works again once the label is back.
+func TestDirectRefusesAChangedLabelUnderItsDevices(t *testing.T) {
+	ctx := context.Background()
+	d := newDisk(t, 256*MiB)
+	opts := directOptions(t, d.loop.Path())
+	p, err := Open(ctx, opts)
+	require.NoError(t, err)
+	require.NoError(t, p.Close()) // its devices stay, holding the disk
+	l, err := devlabel.Read(d.loop.Path())
+	require.NoError(t, err)
+
+	other := l
+	other.UUID[0] ^= 0xff
+	require.NoError(t, devlabel.Write(d.loop.Path(), other))
+	_, err = Open(ctx, opts)
+	assert.ErrorIs(t, err, ErrPoolNotOurs)
+	assert.ErrorContains(t, err, "held by this pool's devices but holds the label")
+
+	f, err := os.OpenFile(d.loop.Path(), os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = f.WriteAt(make([]byte, 4096), 0)
+	require.NoError(t, errors.Join(err, f.Sync(), f.Close()))
+	_, err = Open(ctx, opts)
+	assert.ErrorContains(t, err, "the device is held by this pool's devices")
+
+	require.NoError(t, devlabel.Write(d.loop.Path(), l))
+	openDirect(t, opts) // shut down at the end of the test
+}
