@@ -4,6 +4,7 @@ package thinpool
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"testing"
 
@@ -81,4 +82,43 @@ func TestInspectorOnNoPoolAndOnDevices(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "inactive", rep.Mode)
 	assert.Equal(t, 1, rep.Devices)
+}
+
+// The report of a pool that is shut down counts, from the records alone,
+// the devices waiting for deferred deletion and the faulty ones, with
+// their reasons.
+func TestReportOfAStoppedPoolCountsFaultyAndDeferred(t *testing.T) {
+	tp := openPool(t, nil)
+	ctx := context.Background()
+	for _, n := range []string{"ok", "broken", "later"} {
+		_, err := tp.Create(ctx, n, 16*MiB)
+		require.NoError(t, err)
+	}
+	for name, st := range map[string]State{"broken": StateFaulty, "later": StateDeferredDelete} {
+		rec, err := tp.st.get(name)
+		require.NoError(t, err)
+		rec.State, rec.Fault = st, ""
+		if st == StateFaulty {
+			rec.Fault = "probe thin id: input/output error"
+		}
+		require.NoError(t, tp.st.update(func(tx txn) error { return putRecord(tx, rec) }))
+	}
+	opts := tp.opts
+	require.NoError(t, tp.Shutdown(ctx))
+
+	in, err := Inspect(InspectOptions{Root: opts.Root})
+	require.NoError(t, err)
+	rep, err := in.Report(ctx)
+	require.NoError(t, errors.Join(err, in.Close()))
+	assert.False(t, rep.Active)
+	assert.Equal(t, 3, rep.Devices)
+	assert.Equal(t, 1, rep.Faulty)
+	assert.Equal(t, []FaultyDevice{{Name: "broken", Reason: "probe thin id: input/output error"}}, rep.FaultyDevices)
+	assert.Equal(t, 1, rep.DeferredDeletes)
+	assert.Equal(t, []string{"later"}, rep.Deleting)
+
+	p, err := Open(ctx, opts)
+	require.NoError(t, err)
+	tp.Pool = p
+	require.NoError(t, p.Delete(ctx, "broken", DeleteOptions{}))
 }
