@@ -93,26 +93,19 @@ func resumeLeftSuspended(path string, c *devmapper.Client, log logrus.FieldLogge
 	if prefix == "" {
 		return nil, nil // no pool made yet
 	}
-	live, err := c.List()
+	suspended, err := suspendedDevices(c, pool, prefix)
 	if err != nil {
-		return nil, fmt.Errorf("thinpool: list dm devices: %w", err)
+		return nil, err
 	}
 	var resumed []string
 	var errs []error
-	for _, l := range live {
-		if !isPoolDM(pool, prefix, l.Name) && !strings.HasPrefix(l.Name, prefix+"-") {
+	for _, name := range suspended {
+		if _, err := c.Resume(name); err != nil {
+			errs = append(errs, fmt.Errorf("thinpool: resume %s: %w", name, err))
 			continue
 		}
-		info, err := c.Info(l.Name)
-		if err != nil || !info.Suspended {
-			continue
-		}
-		if _, err := c.Resume(l.Name); err != nil {
-			errs = append(errs, fmt.Errorf("thinpool: resume %s: %w", l.Name, err))
-			continue
-		}
-		log.WithField("dm", l.Name).Info("resumed a device a killed process left suspended")
-		resumed = append(resumed, l.Name)
+		log.WithField("dm", name).Info("resumed a device a killed process left suspended")
+		resumed = append(resumed, name)
 	}
 	return resumed, errors.Join(errs...)
 }

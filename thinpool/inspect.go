@@ -374,17 +374,22 @@ func (p *Pool) prefixDMs() ([]string, error) {
 
 // suspendedDMs lists the devices of the pool (the pool, the devices under
 // it, its thin devices) that are suspended, sorted.
-func (p *Pool) suspendedDMs() ([]string, error) {
-	live, err := p.dm.List()
+func (p *Pool) suspendedDMs() ([]string, error) { return suspendedDevices(p.dm, p.name, p.prefix) }
+
+// suspendedDevices lists the suspended devices of the pool named pool whose
+// device-mapper names carry prefix: the pool, the devices under it, its
+// thin devices; sorted.
+func suspendedDevices(c *devmapper.Client, pool, prefix string) ([]string, error) {
+	live, err := c.List()
 	if err != nil {
 		return nil, fmt.Errorf("thinpool: list dm devices: %w", err)
 	}
 	var out []string
 	for _, l := range live {
-		if !p.isPoolDevice(l.Name) && !strings.HasPrefix(l.Name, p.prefix+"-") {
+		if !isPoolDM(pool, prefix, l.Name) && !strings.HasPrefix(l.Name, prefix+"-") {
 			continue
 		}
-		if info, err := p.dm.Info(l.Name); err == nil && info.Suspended {
+		if info, err := c.Info(l.Name); err == nil && info.Suspended {
 			out = append(out, l.Name)
 		}
 	}
