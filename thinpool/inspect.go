@@ -13,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/dmthin/dmthin/devmapper"
+	"github.com/dmthin/dmthin/internal/proc"
 )
 
 // An Inspector reads a pool without opening it: a consistent copy of its
@@ -116,9 +117,9 @@ func (in *Inspector) refresh() error {
 	in.inUse = inUse
 	in.holderDying = false
 	if inUse {
-		holders, err := lockHolders(dbPath)
+		holders, err := proc.LockHolders(dbPath)
 		for _, pid := range holders {
-			in.holderDying = in.holderDying || (err == nil && processDying(pid))
+			in.holderDying = in.holderDying || (err == nil && proc.Dying(pid))
 		}
 	}
 	zero := 0

@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dmthin/dmthin/devmapper"
+	"github.com/dmthin/dmthin/internal/proc"
 	"github.com/dmthin/dmthin/internal/testenv"
 	"github.com/dmthin/dmthin/loopback"
 )
@@ -242,7 +243,7 @@ func runReloadCrash(t *testing.T, cc reloadCrashCase, step string) {
 	var waitErr error
 	done := false
 	deadline := time.Now().Add(3 * time.Minute)
-	for !done && !processDying(cmd.Process.Pid) {
+	for !done && !proc.Dying(cmd.Process.Pid) {
 		select {
 		case waitErr = <-exited:
 			done = true

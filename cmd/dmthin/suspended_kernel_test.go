@@ -7,8 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -18,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dmthin/dmthin/devmapper"
+	"github.com/dmthin/dmthin/internal/proc"
 	"github.com/dmthin/dmthin/internal/testenv"
 	"github.com/dmthin/dmthin/thinpool"
 )
@@ -94,28 +93,6 @@ func stuckChild(raw string) {
 	select {}
 }
 
-// dying reports whether process pid has a SIGKILL pending or has exited.
-func dying(pid int) bool {
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
-	for _, t := range tasks {
-		b, err := os.ReadFile(t)
-		if err != nil {
-			continue
-		}
-		for _, l := range strings.Split(string(b), "\n") {
-			k, v, _ := strings.Cut(l, ":")
-			v = strings.TrimSpace(v)
-			if m, err := strconv.ParseUint(v, 16, 64); (k == "SigPnd" || k == "ShdPnd") && err == nil && m&(1<<8) != 0 {
-				return true
-			}
-			if k == "State" && strings.HasPrefix(v, "Z") {
-				return true
-			}
-		}
-	}
-	return false
-}
-
 func TestPoolLeftSuspendedByAKilledEngine(t *testing.T) {
 	testenv.RequireDM(t)
 	ctx := context.Background()
@@ -154,7 +131,7 @@ func TestPoolLeftSuspendedByAKilledEngine(t *testing.T) {
 			t.Error("the child never exited")
 		}
 	})
-	require.Eventually(t, func() bool { return dying(child.Process.Pid) }, 2*time.Minute, 20*time.Millisecond, "the child was never killed")
+	require.Eventually(t, func() bool { return proc.Dying(child.Process.Pid) }, 2*time.Minute, 20*time.Millisecond, "the child was never killed")
 	select {
 	case err := <-exited:
 		t.Fatalf("the killed child exited (%v): its writer was not stuck on the suspended pool, nothing to test", err)

@@ -1,4 +1,4 @@
-package thinpool
+package proc
 
 import (
 	"strings"
